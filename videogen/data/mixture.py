@@ -16,6 +16,8 @@ class MixtureSource:
     if not sources:
       raise ValueError("MixtureSource needs at least one source.")
     self.sources = list(sources)
+    # The keys every source yields, in the first source's order.
+    self.keys = tuple(k for k in self.sources[0].keys if all(k in s.keys for s in self.sources))
     self._length = len(self.sources) * max(len(s) for s in self.sources)
 
   def __len__(self) -> int:
@@ -28,7 +30,7 @@ class MixtureSource:
 
   @property
   def skipped_files(self) -> int:
-    return sum(getattr(s, "skipped_files", 0) for s in self.sources)
+    return sum(s.skipped_files for s in self.sources)
 
   def __repr__(self) -> str:
     return f"MixtureSource({self.sources!r})"

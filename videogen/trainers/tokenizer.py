@@ -103,7 +103,7 @@ def train_step(graphdef: nnx.GraphDef, loss_config: ml_collections.ConfigDict, e
   params = nnx.state(train_state.model, nnx.Param)
   ema_params = nnx.state(train_state.ema_model, nnx.Param)
   nnx.update(train_state.ema_model, optim.ema_update(ema_params, params, decay))
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   metrics["learning_rate"] = schedule(step)
   return nnx.state(train_state), metrics
 
@@ -217,6 +217,7 @@ class RunResult:
   step: int
   state: nnx.State
   train_metrics: dict[str, float]  # at the last logged step of this run
+  history: list[dict[str, float]]  # every logged step of this run, with its "step"
   eval_metrics: dict[str, float]  # of the last evaluation of this run, if any
 
 
@@ -263,6 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   end = config.num_train_steps if stop_at_step is None else min(stop_at_step, config.num_train_steps)
   eval_metrics: dict[str, float] = {}
   values: dict[str, float] = {}
+  history: list[dict[str, float]] = []
   with checkpoint.PreemptionGuard() as guard:
     while step < end:
       batch = sharding.shard_batch({"video": next(train_iter)["video"]}, mesh)
@@ -276,6 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         loop.check_finite(values, step)
         values["data/skipped_files"] = float(train_source.skipped_files)
         writer.write_scalars(step, values)
+        history.append({"step": step, **values})
       if config.eval.every_steps and step % config.eval.every_steps == 0 and step < end:
         eval_metrics = evaluator(state, step, writer)
       checkpointer.save(step, state, train_iter, config, force=stop or step == end)
@@ -295,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           f"TensorBoard events (tensorboard --logdir {workdir}).")
     for key, value in sorted(eval_metrics.items()):
       print(f"  {key} = {value:.4f}")
-  return RunResult(step, state, values, eval_metrics)
+  return RunResult(step, state, values, history, eval_metrics)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
