@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "jaxtyping==0.3.11",
     "pillow==13.0.0",
+    "etils[epath]==1.15.0",  # workdir paths that may be local or gs://
+    "threadpoolctl==3.8.0",  # benchmarks name the BLAS kernel they measured
 ]
 
 setup(

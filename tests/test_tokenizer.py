@@ -52,9 +52,7 @@ def _rngs(seed: int = 0) -> nnx.Rngs:
 
 
 def _build(**kwargs) -> CausalVideoTokenizer:
-    # Logical axis names are metadata only here: there is no mesh in unit tests.
-    with nnx.use_eager_sharding(False):
-        return CausalVideoTokenizer(**kwargs, rngs=_rngs())
+    return CausalVideoTokenizer(**kwargs, rngs=_rngs())
 
 
 def _make(**kwargs) -> CausalVideoTokenizer:
@@ -297,11 +295,10 @@ def test_remat_wraps_residual_blocks_and_keeps_gradients(micro):
         jaxpr = str(jax.make_jaxpr(lambda v: model(v)[0])(micro.video))
         assert ("remat" in jaxpr) == expected
     # Remat only trades compute for memory: same loss and gradients through a stack of blocks.
-    with nnx.use_eager_sharding(False):
-        blocks = [
-            ResBlock3d(4, 8, num_groups=2, rngs=_rngs(1)),
-            ResBlock3d(8, 8, num_groups=2, rngs=_rngs(2)),
-        ]
+    blocks = [
+        ResBlock3d(4, 8, num_groups=2, rngs=_rngs(1)),
+        ResBlock3d(8, 8, num_groups=2, rngs=_rngs(2)),
+    ]
     x = _normal((1, 5, 4, 4, 4), 30)
 
     def grads(remat):
@@ -331,8 +328,7 @@ def test_bf16_compute_keeps_float32_params_and_outputs(micro):
 
 
 def _conv(*args, **kwargs) -> CausalConv3d:
-    with nnx.use_eager_sharding(False):
-        return CausalConv3d(*args, **kwargs, rngs=_rngs(7))
+    return CausalConv3d(*args, **kwargs, rngs=_rngs(7))
 
 
 def test_causal_conv_on_one_frame_is_a_2d_conv_with_the_last_kernel_slice():
@@ -394,8 +390,7 @@ def test_causal_conv_rejects_frame_counts_that_do_not_fit_the_stride():
 
 @pytest.mark.parametrize("temporal", [True, False])
 def test_downsample_shapes(temporal):
-    with nnx.use_eager_sharding(False):
-        down = Downsample(4, 6, temporal=temporal, rngs=_rngs())
+    down = Downsample(4, 6, temporal=temporal, rngs=_rngs())
     assert down(jnp.zeros((1, 9, 8, 8, 4))).shape == (1, 5 if temporal else 9, 4, 4, 6)
 
 
@@ -411,15 +406,14 @@ def test_resize_nearest_maps_frames_causally():
 
 def test_depth_to_space_rearranges_and_drops_the_first_frames():
     out, st, s = 2, 2, 2
-    with nnx.use_eager_sharding(False):
-        up = DepthToSpaceUpsample(
-            out * st * s * s,
-            out,
-            temporal_factor=st,
-            spatial_factor=s,
-            kernel_size=(1, 1, 1),
-            rngs=_rngs(),
-        )
+    up = DepthToSpaceUpsample(
+        out * st * s * s,
+        out,
+        temporal_factor=st,
+        spatial_factor=s,
+        kernel_size=(1, 1, 1),
+        rngs=_rngs(),
+    )
     up.conv.kernel[...] = jnp.eye(16).reshape(1, 1, 1, 16, 16)
     x = np.random.default_rng(0).standard_normal((1, 3, 2, 2, 16)).astype(np.float32)
     y = np.asarray(up(jnp.asarray(x)))
@@ -444,8 +438,7 @@ def test_group_norm_per_frame_statistics():
 
 
 def test_adaptive_group_norm_follows_the_causal_latent_frame():
-    with nnx.use_eager_sharding(False):
-        ada = AdaptiveGroupNorm(8, 4, num_groups=2, rngs=_rngs())
+    ada = AdaptiveGroupNorm(8, 4, num_groups=2, rngs=_rngs())
     x = _normal((1, 9, 4, 4, 8), 11)
     cond = _normal((1, 3, 2, 2, 4), 12)
     # Zero-initialised projections: a plain normalisation.

@@ -7,6 +7,7 @@ in importable modules so it can be tested.
 from __future__ import annotations
 
 import importlib
+import logging as logging_std
 import os
 
 # Keep TensorFlow (used only by clu's TensorBoard writer and TFDS) off any
@@ -31,6 +32,16 @@ def _hide_accelerators_from_tensorflow() -> None:
   except ImportError:
     return
   tf.config.set_visible_devices([], "GPU")
+
+
+class _QuietLibraryInfo(logging_std.Filter):
+  """Drops INFO lines of checkpointing and input libraries (orbax logs ~20 per save)."""
+
+  _NOISY = ("/orbax/", "/grain/", "/tensorstore/")
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno >= logging_std.WARNING or not any(
+        part in record.pathname for part in self._NOISY)
 
 
 def _is_multi_process() -> bool:
@@ -66,6 +77,7 @@ def main(argv):
     raise app.UsageError("Both --config and --workdir are required, e.g. "
                          "--config=experiments/quickstart.py --workdir=runs/quickstart")
   _hide_accelerators_from_tensorflow()
+  logging.get_absl_handler().addFilter(_QuietLibraryInfo())
   import jax
   # Multi-host pods and SLURM clusters: the runtime finds its peers from the environment.
   if _is_multi_process():
