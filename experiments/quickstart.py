@@ -7,35 +7,36 @@ no download), then reports held-out PSNR/SSIM of the EMA model on each, against
 the clips down-sampled to the latent grid and linearly up-sampled back.
 Finishes in under 20 minutes on 2 CPU cores. `steps=N` changes the length.
 """
+
 from videogen import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  args = config_lib.parse_arg(arg, steps=2400)
-  c = config_lib.tokenizer_config()
-  c.data.name = "moving_digits+real_clips"
-  c.data.num_frames = 9  # 1 + 4*2
-  c.data.resolution = 32
-  # Two down-samplings, each also 2x in time (4x4x4): 9x32x32 -> 3x8x8 tokens.
-  c.model.base_channels = 16
-  c.model.channel_multipliers = (1, 2, 4)
-  c.model.temporal_downsample = (True, True)
-  c.model.num_res_blocks = 1
-  c.model.num_groups = 8
-  c.model.num_bits = 18
-  # A short CPU run learns more from many small steps than from few large ones.
-  c.batch_size = 4
-  c.num_train_steps = args.steps
-  c.optimizer.peak_lr = 1e-3  # small model, short run: 10x the thesis' rate
-  c.optimizer.warmup_steps = 100
-  c.optimizer.b1 = 0.9  # no GAN in this recipe yet; momentum steadies batch-4 steps
-  c.optimizer.end_lr_fraction = 0.1  # a short run still learns in its last steps
-  c.loss.entropy_anneal_steps = 600
-  c.checkpoint.every_steps = 100
-  c.log_every_steps = 50
-  c.eval.datasets = "moving_digits,real_clips"
-  c.eval.num_examples = 64
-  c.eval.batch_size = 8
-  c.eval.every_steps = 800
-  c.lock()
-  return c
+    args = config_lib.parse_arg(arg, steps=2400)
+    c = config_lib.tokenizer_config()
+    c.data.name = "moving_digits+real_clips"
+    c.data.num_frames = 9  # 1 + 4*2
+    c.data.resolution = 32
+    # Two down-samplings, each also 2x in time (4x4x4): 9x32x32 -> 3x8x8 tokens.
+    c.model.base_channels = 16
+    c.model.channel_multipliers = (1, 2, 4)
+    c.model.temporal_downsample = (True, True)
+    c.model.num_res_blocks = 1
+    c.model.num_groups = 8
+    c.model.num_bits = 18
+    # A short CPU run learns more from many small steps than from few large ones.
+    c.batch_size = 4
+    c.num_train_steps = args.steps
+    c.optimizer.peak_lr = 1e-3  # small model, short run: 10x the thesis' rate
+    c.optimizer.warmup_steps = 100
+    c.optimizer.b1 = 0.9  # no GAN in this recipe yet; momentum steadies batch-4 steps
+    c.optimizer.end_lr_fraction = 0.1  # a short run still learns in its last steps
+    c.loss.entropy_anneal_steps = 600
+    c.checkpoint.every_steps = 100
+    c.log_every_steps = 50
+    c.eval.datasets = "moving_digits,real_clips"
+    c.eval.num_examples = 64
+    c.eval.batch_size = 8
+    c.eval.every_steps = 800
+    c.lock()
+    return c

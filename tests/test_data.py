@@ -16,63 +16,63 @@ from videogen.data.video_folder import VideoFolder
 
 
 def _digest(array: np.ndarray) -> str:
-  return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def _write_video(path, num_frames: int, *, height: int = 48, width: int = 64, shade: int = 40):
-  """Writes an mpeg4 video of a white square sliding right over a grey ramp."""
-  container = av.open(str(path), "w")
-  stream = container.add_stream("mpeg4", rate=8)
-  stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-  ramp = np.linspace(shade, shade + 60, width, dtype=np.float32)
-  for t in range(num_frames):
-    frame = np.broadcast_to(ramp[None, :, None], (height, width, 3)).astype(np.uint8).copy()
-    frame[16:32, 4 * t:4 * t + 16] = 255
-    for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-      container.mux(packet)
-  for packet in stream.encode():
-    container.mux(packet)
-  container.close()
+    """Writes an mpeg4 video of a white square sliding right over a grey ramp."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream("mpeg4", rate=8)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    ramp = np.linspace(shade, shade + 60, width, dtype=np.float32)
+    for t in range(num_frames):
+        frame = np.broadcast_to(ramp[None, :, None], (height, width, 3)).astype(np.uint8).copy()
+        frame[16:32, 4 * t : 4 * t + 16] = 255
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
 
 
 # ---------------------------------------------------------------- decoding
 
 
 def test_read_video_decodes_written_frames(tmp_path):
-  _write_video(tmp_path / "a.mp4", 10)
-  video = read_video(tmp_path / "a.mp4")
-  assert video.shape == (10, 48, 64, 3) and video.dtype == np.uint8
-  assert probe_video(tmp_path / "a.mp4") == probe_video(tmp_path / "a.mp4", exact=True) == 10
-  assert read_video(tmp_path / "a.mp4", max_frames=4).shape[0] == 4
-  # The square is at columns 4t..4t+16 of rows 16..32: white there, ramp elsewhere.
-  assert video[5, 20:28, 24:32].mean() > 230
-  assert video[5, 20:28, 48:56].mean() < 130
-  # Only the asked-for frames, in the asked order; past the end, the last frame.
-  small = read_video(tmp_path / "a.mp4", short_side=24)
-  assert small.shape == (10, 24, 32, 3)
-  picked = read_frames(tmp_path / "a.mp4", [3, 1, 3, 50], short_side=24)
-  np.testing.assert_array_equal(picked, small[[3, 1, 3, 9]])
-  (tmp_path / "bad.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
-  with pytest.raises(VideoDecodeError, match="bad.mp4"):
-    probe_video(tmp_path / "bad.mp4")
+    _write_video(tmp_path / "a.mp4", 10)
+    video = read_video(tmp_path / "a.mp4")
+    assert video.shape == (10, 48, 64, 3) and video.dtype == np.uint8
+    assert probe_video(tmp_path / "a.mp4") == probe_video(tmp_path / "a.mp4", exact=True) == 10
+    assert read_video(tmp_path / "a.mp4", max_frames=4).shape[0] == 4
+    # The square is at columns 4t..4t+16 of rows 16..32: white there, ramp elsewhere.
+    assert video[5, 20:28, 24:32].mean() > 230
+    assert video[5, 20:28, 48:56].mean() < 130
+    # Only the asked-for frames, in the asked order; past the end, the last frame.
+    small = read_video(tmp_path / "a.mp4", short_side=24)
+    assert small.shape == (10, 24, 32, 3)
+    picked = read_frames(tmp_path / "a.mp4", [3, 1, 3, 50], short_side=24)
+    np.testing.assert_array_equal(picked, small[[3, 1, 3, 9]])
+    (tmp_path / "bad.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
+    with pytest.raises(VideoDecodeError, match="bad.mp4"):
+        probe_video(tmp_path / "bad.mp4")
 
 
 def test_transforms_shapes_and_padding():
-  video = np.arange(5 * 30 * 50 * 3, dtype=np.uint32).reshape(5, 30, 50, 3).astype(np.uint8)
-  assert transforms.resize_short_side(video, 15).shape == (5, 15, 25, 3)
-  assert transforms.center_crop(video, 20).shape == (5, 20, 20, 3)
-  np.testing.assert_array_equal(transforms.center_crop(video, (30, 30)), video[:, :, 10:40])
-  crop = transforms.random_crop(video, 30, np.random.default_rng(0))
-  assert crop.shape == (5, 30, 30, 3)
-  assert transforms.crop_and_resize(video, 12).shape == (5, 12, 12, 3)
-  # Past the end of a short video the last frame repeats.
-  np.testing.assert_array_equal(transforms.clip_frame_indices(1, 4, 2, 5), [1, 3, 4, 4])
-  assert transforms.sample_clip_start(20, 5) == 7
-  starts = {transforms.sample_clip_start(20, 5, np.random.default_rng(i)) for i in range(200)}
-  assert starts == set(range(16))
-  # Bilinear resize of a constant image stays exactly constant.
-  flat = np.full((2, 40, 60, 3), 77, np.uint8)
-  assert np.all(transforms.resize_video(flat, (9, 13)) == 77)
+    video = np.arange(5 * 30 * 50 * 3, dtype=np.uint32).reshape(5, 30, 50, 3).astype(np.uint8)
+    assert transforms.resize_short_side(video, 15).shape == (5, 15, 25, 3)
+    assert transforms.center_crop(video, 20).shape == (5, 20, 20, 3)
+    np.testing.assert_array_equal(transforms.center_crop(video, (30, 30)), video[:, :, 10:40])
+    crop = transforms.random_crop(video, 30, np.random.default_rng(0))
+    assert crop.shape == (5, 30, 30, 3)
+    assert transforms.crop_and_resize(video, 12).shape == (5, 12, 12, 3)
+    # Past the end of a short video the last frame repeats.
+    np.testing.assert_array_equal(transforms.clip_frame_indices(1, 4, 2, 5), [1, 3, 4, 4])
+    assert transforms.sample_clip_start(20, 5) == 7
+    starts = {transforms.sample_clip_start(20, 5, np.random.default_rng(i)) for i in range(200)}
+    assert starts == set(range(16))
+    # Bilinear resize of a constant image stays exactly constant.
+    flat = np.full((2, 40, 60, 3), 77, np.uint8)
+    assert np.all(transforms.resize_video(flat, (9, 13)) == 77)
 
 
 # ---------------------------------------------------------------- moving digits
@@ -80,289 +80,308 @@ def test_transforms_shapes_and_padding():
 
 @pytest.fixture(scope="module")
 def digits_train():
-  return moving_digits.MovingDigits("train")
+    return moving_digits.MovingDigits("train")
 
 
 def test_moving_digits_deterministic_shapes(digits_train):
-  a, b = digits_train[5], digits_train[5]
-  assert a["video"].shape == (17, 64, 64, 3) and a["video"].dtype == np.uint8
-  assert a["audio"].dtype == np.float32 and a["label"].dtype == np.int32
-  assert _digest(a["video"]) == _digest(b["video"]) and _digest(a["audio"]) == _digest(b["audio"])
-  assert a["caption"] == b["caption"]
-  other_seed = moving_digits.MovingDigits("train", seed=1)[5]
-  assert _digest(other_seed["video"]) != _digest(a["video"])
-  assert len(digits_train) == 100_000 and len(moving_digits.MovingDigits("eval")) == 512
+    a, b = digits_train[5], digits_train[5]
+    assert a["video"].shape == (17, 64, 64, 3) and a["video"].dtype == np.uint8
+    assert a["audio"].dtype == np.float32 and a["label"].dtype == np.int32
+    assert _digest(a["video"]) == _digest(b["video"]) and _digest(a["audio"]) == _digest(b["audio"])
+    assert a["caption"] == b["caption"]
+    other_seed = moving_digits.MovingDigits("train", seed=1)[5]
+    assert _digest(other_seed["video"]) != _digest(a["video"])
+    assert len(digits_train) == 100_000 and len(moving_digits.MovingDigits("eval")) == 512
 
 
 def test_moving_digits_splits_use_disjoint_images():
-  train = moving_digits.MovingDigits("train", num_examples=300)
-  evaluation = moving_digits.MovingDigits("eval", num_examples=300)
-  assert len(train.image_ids) + len(evaluation.image_ids) == 1797
-  assert not set(train.image_ids) & set(evaluation.image_ids)
-  # The partition does not move with the seed.
-  np.testing.assert_array_equal(moving_digits.MovingDigits("eval", seed=9).image_ids,
-                                evaluation.image_ids)
-  train_used = {int(train[i]["image_id"]) for i in range(300)}
-  eval_used = {int(evaluation[i]["image_id"]) for i in range(300)}
-  assert train_used <= set(train.image_ids) and eval_used <= set(evaluation.image_ids)
-  assert len(train_used) > 200 and len(eval_used) > 150  # Many distinct digits are drawn.
+    train = moving_digits.MovingDigits("train", num_examples=300)
+    evaluation = moving_digits.MovingDigits("eval", num_examples=300)
+    assert len(train.image_ids) + len(evaluation.image_ids) == 1797
+    assert not set(train.image_ids) & set(evaluation.image_ids)
+    # The partition does not move with the seed.
+    np.testing.assert_array_equal(
+        moving_digits.MovingDigits("eval", seed=9).image_ids, evaluation.image_ids
+    )
+    train_used = {int(train[i]["image_id"]) for i in range(300)}
+    eval_used = {int(evaluation[i]["image_id"]) for i in range(300)}
+    assert train_used <= set(train.image_ids) and eval_used <= set(evaluation.image_ids)
+    assert len(train_used) > 200 and len(eval_used) > 150  # Many distinct digits are drawn.
 
 
 def test_moving_digits_visible_moving_and_where_the_motion_says(digits_train):
-  size = digits_train.digit_size
-  for i in range(20):
-    example, motion = digits_train[i], digits_train.motion(i)
-    gray = example["video"][..., 0].astype(np.float32) / 255
-    mass = gray.sum(axis=(1, 2))
-    assert mass[0] > 40  # At least 40 white-pixel equivalents of ink.
-    np.testing.assert_allclose(mass, mass[0], rtol=1e-6)  # Never clipped by a wall.
-    assert np.all(np.abs(np.diff(gray, axis=0)).sum(axis=(1, 2)) > 1)  # Every frame moves.
-    for frame, (y, x) in zip(gray, np.rint(motion.positions).astype(int)):
-      outside = frame.copy()
-      outside[y:y + size, x:x + size] = 0
-      assert outside.max() == 0
-    assert example["label"] == motion.label
+    size = digits_train.digit_size
+    for i in range(20):
+        example, motion = digits_train[i], digits_train.motion(i)
+        gray = example["video"][..., 0].astype(np.float32) / 255
+        mass = gray.sum(axis=(1, 2))
+        assert mass[0] > 40  # At least 40 white-pixel equivalents of ink.
+        np.testing.assert_allclose(mass, mass[0], rtol=1e-6)  # Never clipped by a wall.
+        assert np.all(np.abs(np.diff(gray, axis=0)).sum(axis=(1, 2)) > 1)  # Every frame moves.
+        for frame, (y, x) in zip(gray, np.rint(motion.positions).astype(int)):
+            outside = frame.copy()
+            outside[y : y + size, x : x + size] = 0
+            assert outside.max() == 0
+        assert example["label"] == motion.label
 
 
 def test_moving_digits_frame_stride_shows_every_kth_step():
-  dense = moving_digits.MovingDigits("train", num_frames=17, resolution=32)
-  strided = moving_digits.MovingDigits("train", num_frames=9, resolution=32, frame_stride=2)
-  for i in range(10):
-    np.testing.assert_array_equal(strided[i]["video"], dense[i]["video"][::2])
-    shown = sorted({(-(-frame // 2)) for frame, _ in dense.motion(i).bounces})
-    assert sorted({frame for frame, _ in strided.motion(i).bounces}) == shown
-    assert strided[i]["audio"].shape == (18000,)
+    dense = moving_digits.MovingDigits("train", num_frames=17, resolution=32)
+    strided = moving_digits.MovingDigits("train", num_frames=9, resolution=32, frame_stride=2)
+    for i in range(10):
+        np.testing.assert_array_equal(strided[i]["video"], dense[i]["video"][::2])
+        shown = sorted({(-(-frame // 2)) for frame, _ in dense.motion(i).bounces})
+        assert sorted({frame for frame, _ in strided.motion(i).bounces}) == shown
+        assert strided[i]["audio"].shape == (18000,)
 
 
 def test_moving_digits_caption_names_digit_direction_and_walls(digits_train):
-  seen_bounce = seen_free = False
-  for i in range(300):
-    motion = digits_train.motion(i)
-    caption = digits_train[i]["caption"]
-    assert caption.startswith(f"a {motion.label} moves ")
-    dy, dx = motion.velocity
-    assert ("down" in caption) <= (dy > 0) and ("up" in caption) <= (dy < 0)
-    assert ("right" in caption.split(",")[0]) <= (dx > 0)
-    walls = {wall for _, wall in motion.bounces}
-    for wall in ("top", "bottom", "left", "right"):
-      assert (wall in caption.split(",", 1)[1]) == (wall in walls), caption
-    if walls:
-      seen_bounce = True
-    else:
-      seen_free = True
-      assert caption.endswith("without touching a wall")
-  assert seen_bounce and seen_free
+    seen_bounce = seen_free = False
+    for i in range(300):
+        motion = digits_train.motion(i)
+        caption = digits_train[i]["caption"]
+        assert caption.startswith(f"a {motion.label} moves ")
+        dy, dx = motion.velocity
+        assert ("down" in caption) <= (dy > 0) and ("up" in caption) <= (dy < 0)
+        assert ("right" in caption.split(",")[0]) <= (dx > 0)
+        walls = {wall for _, wall in motion.bounces}
+        for wall in ("top", "bottom", "left", "right"):
+            assert (wall in caption.split(",", 1)[1]) == (wall in walls), caption
+        if walls:
+            seen_bounce = True
+        else:
+            seen_free = True
+            assert caption.endswith("without touching a wall")
+    assert seen_bounce and seen_free
 
 
 def test_moving_digits_audio_pitch_names_digit_and_clicks_at_bounces(digits_train):
-  rate, fps = digits_train.sample_rate, digits_train.fps
-  labels_seen = set()
-  for i in range(40):
-    example, motion = digits_train[i], digits_train.motion(i)
-    audio = example["audio"]
-    assert audio.shape == (round(17 / fps * rate),) == (34000,)
-    spectrum = np.abs(np.fft.rfft(audio))
-    peak_hz = np.fft.rfftfreq(len(audio), 1 / rate)[np.argmax(spectrum)]
-    assert abs(peak_hz - moving_digits.DIGIT_PITCHES_HZ[motion.label]) < 1.0
-    labels_seen.add(motion.label)
-    # The tone changes by < 0.1 per sample; a click by ~0.7.
-    slope = np.abs(np.diff(audio))
-    click_starts = sorted({round(frame / fps * rate) for frame, _ in motion.bounces})
-    quiet = np.ones(len(slope), bool)
-    for start in click_starts:
-      assert slope[start:start + 40].max() > 0.4
-      quiet[max(start - 5, 0):start + 200] = False
-    assert slope[quiet].max() < 0.1
-  assert len(labels_seen) >= 8
-  assert len(set(np.round(moving_digits.DIGIT_PITCHES_HZ))) == 10
+    rate, fps = digits_train.sample_rate, digits_train.fps
+    labels_seen = set()
+    for i in range(40):
+        example, motion = digits_train[i], digits_train.motion(i)
+        audio = example["audio"]
+        assert audio.shape == (round(17 / fps * rate),) == (34000,)
+        spectrum = np.abs(np.fft.rfft(audio))
+        peak_hz = np.fft.rfftfreq(len(audio), 1 / rate)[np.argmax(spectrum)]
+        assert abs(peak_hz - moving_digits.DIGIT_PITCHES_HZ[motion.label]) < 1.0
+        labels_seen.add(motion.label)
+        # The tone changes by < 0.1 per sample; a click by ~0.7.
+        slope = np.abs(np.diff(audio))
+        click_starts = sorted({round(frame / fps * rate) for frame, _ in motion.bounces})
+        quiet = np.ones(len(slope), bool)
+        for start in click_starts:
+            assert slope[start : start + 40].max() > 0.4
+            quiet[max(start - 5, 0) : start + 200] = False
+        assert slope[quiet].max() < 0.1
+    assert len(labels_seen) >= 8
+    assert len(set(np.round(moving_digits.DIGIT_PITCHES_HZ))) == 10
 
 
 # ---------------------------------------------------------------- real clips
 
 
 def test_real_clips_shapes_content_determinism():
-  train = real_clips.RealClips("train", num_frames=9, resolution=32, frame_stride=2)
-  evaluation = real_clips.RealClips("eval", num_frames=9, resolution=32, frame_stride=2)
-  for source in (train, evaluation):
-    for i in range(6):
-      example = source[i]
-      assert example["video"].shape == (9, 32, 32, 3) and example["video"].dtype == np.uint8
-      assert example["video"].std() > 15  # Real picture content, not a blank frame.
-      assert example["label"] == i % 3
-      assert example["caption"] == f"a clip from {real_clips.CAPTION_NAMES[i % 3]}"
-  assert _digest(train[4]["video"]) == _digest(train[4]["video"])
-  reseeded = real_clips.RealClips("train", num_frames=9, resolution=32, frame_stride=2, seed=3)
-  assert any(_digest(train[i]["video"]) != _digest(reseeded[i]["video"]) for i in range(6))
+    train = real_clips.RealClips("train", num_frames=9, resolution=32, frame_stride=2)
+    evaluation = real_clips.RealClips("eval", num_frames=9, resolution=32, frame_stride=2)
+    for source in (train, evaluation):
+        for i in range(6):
+            example = source[i]
+            assert example["video"].shape == (9, 32, 32, 3) and example["video"].dtype == np.uint8
+            assert example["video"].std() > 15  # Real picture content, not a blank frame.
+            assert example["label"] == i % 3
+            assert example["caption"] == f"a clip from {real_clips.CAPTION_NAMES[i % 3]}"
+    assert _digest(train[4]["video"]) == _digest(train[4]["video"])
+    reseeded = real_clips.RealClips("train", num_frames=9, resolution=32, frame_stride=2, seed=3)
+    assert any(_digest(train[i]["video"]) != _digest(reseeded[i]["video"]) for i in range(6))
 
 
 def test_real_clips_train_and_eval_frames_are_disjoint():
-  train = real_clips.RealClips("train", num_frames=9, resolution=32, frame_stride=2)
-  evaluation = real_clips.RealClips("eval", num_frames=9, resolution=32, frame_stride=2)
-  for label, name in enumerate(real_clips.VIDEOS):
-    total = len(real_clips.decoded_video(name, 32))
-    train_frames = {f for i in range(label, 150, 3) for f in train.frame_indices(i)[1]}
-    eval_frames = {f for i in range(label, 60, 3) for f in evaluation.frame_indices(i)[1]}
-    assert not train_frames & eval_frames
-    assert max(train_frames) < int(0.8 * total) <= min(eval_frames)
-    assert len(train_frames) > 0.4 * total  # Clips spread over the split, not one window.
+    train = real_clips.RealClips("train", num_frames=9, resolution=32, frame_stride=2)
+    evaluation = real_clips.RealClips("eval", num_frames=9, resolution=32, frame_stride=2)
+    for label, name in enumerate(real_clips.VIDEOS):
+        total = len(real_clips.decoded_video(name, 32))
+        train_frames = {f for i in range(label, 150, 3) for f in train.frame_indices(i)[1]}
+        eval_frames = {f for i in range(label, 60, 3) for f in evaluation.frame_indices(i)[1]}
+        assert not train_frames & eval_frames
+        assert max(train_frames) < int(0.8 * total) <= min(eval_frames)
+        assert len(train_frames) > 0.4 * total  # Clips spread over the split, not one window.
 
 
 # ---------------------------------------------------------------- video folder
 
 
 def test_video_folder_skips_corrupt_file_labels_by_directory(tmp_path, caplog):
-  (tmp_path / "cat").mkdir()
-  (tmp_path / "dog").mkdir()
-  _write_video(tmp_path / "cat" / "a.mp4", 12)
-  _write_video(tmp_path / "dog" / "b.avi", 12, shade=120)
-  (tmp_path / "cat" / "broken.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
-  (tmp_path / "notes.txt").write_text("not a video")
-  with caplog.at_level(logging.WARNING):
-    source = VideoFolder(tmp_path, "eval", num_frames=6, resolution=24, frame_stride=2)
-  assert source.skipped_files == 1
-  assert any("broken.mp4" in r.getMessage() for r in caplog.records)
-  assert source.files == [os.path.join("cat", "a.mp4"), os.path.join("dog", "b.avi")]
-  assert len(source) == 2 and source.labels == [0, 1]
-  example = source[1]
-  assert example["video"].shape == (6, 24, 24, 3) and example["label"] == 1
-  assert example["video"].std() > 20
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "dog").mkdir()
+    _write_video(tmp_path / "cat" / "a.mp4", 12)
+    _write_video(tmp_path / "dog" / "b.avi", 12, shade=120)
+    (tmp_path / "cat" / "broken.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
+    (tmp_path / "notes.txt").write_text("not a video")
+    with caplog.at_level(logging.WARNING):
+        source = VideoFolder(tmp_path, "eval", num_frames=6, resolution=24, frame_stride=2)
+    assert source.skipped_files == 1
+    assert any("broken.mp4" in r.getMessage() for r in caplog.records)
+    assert source.files == [os.path.join("cat", "a.mp4"), os.path.join("dog", "b.avi")]
+    assert len(source) == 2 and source.labels == [0, 1]
+    example = source[1]
+    assert example["video"].shape == (6, 24, 24, 3) and example["label"] == 1
+    assert example["video"].std() > 20
 
 
 def test_video_folder_labels_csv_and_short_video_padding(tmp_path):
-  _write_video(tmp_path / "long.mp4", 12)
-  _write_video(tmp_path / "short.mp4", 4)
-  _write_video(tmp_path / "unlisted.mp4", 12)
-  (tmp_path / "labels.csv").write_text(
-      "relative_path,label,caption\nlong.mp4,3,a square, sliding right\nshort.mp4,5\n")
-  source = VideoFolder(tmp_path, "train", num_frames=6, resolution=32, seed=4)
-  assert source.files == ["long.mp4", "short.mp4"]
-  assert [source[i]["label"] for i in range(2)] == [3, 5]
-  assert [source[i]["caption"] for i in range(2)] == ["a square, sliding right", ""]
-  # The 4-frame video fills a 6-frame clip by repeating its last frame.
-  video = source[1]["video"].astype(np.int32)
-  assert np.all(np.abs(np.diff(video[:4], axis=0)).sum(axis=(1, 2, 3)) > 1000)
-  np.testing.assert_array_equal(video[4], video[3])
-  np.testing.assert_array_equal(video[5], video[3])
-  assert _digest(source[0]["video"]) == _digest(source[0]["video"])
+    _write_video(tmp_path / "long.mp4", 12)
+    _write_video(tmp_path / "short.mp4", 4)
+    _write_video(tmp_path / "unlisted.mp4", 12)
+    (tmp_path / "labels.csv").write_text(
+        "relative_path,label,caption\nlong.mp4,3,a square, sliding right\nshort.mp4,5\n"
+    )
+    source = VideoFolder(tmp_path, "train", num_frames=6, resolution=32, seed=4)
+    assert source.files == ["long.mp4", "short.mp4"]
+    assert [source[i]["label"] for i in range(2)] == [3, 5]
+    assert [source[i]["caption"] for i in range(2)] == ["a square, sliding right", ""]
+    # The 4-frame video fills a 6-frame clip by repeating its last frame.
+    video = source[1]["video"].astype(np.int32)
+    assert np.all(np.abs(np.diff(video[:4], axis=0)).sum(axis=(1, 2, 3)) > 1000)
+    np.testing.assert_array_equal(video[4], video[3])
+    np.testing.assert_array_equal(video[5], video[3])
+    assert _digest(source[0]["video"]) == _digest(source[0]["video"])
 
 
 def test_video_folder_read_failure_falls_back_to_next_file(tmp_path, caplog):
-  _write_video(tmp_path / "a.mp4", 10)
-  _write_video(tmp_path / "b.mp4", 10, shade=150)
-  source = VideoFolder(tmp_path, "eval", num_frames=4, resolution=16)
-  expected = source[1]["video"]
-  (tmp_path / "a.mp4").write_bytes(np.random.default_rng(2).bytes(3000))  # Breaks after probing.
-  with caplog.at_level(logging.WARNING):
-    replaced = source[0]
-  assert source.skipped_files == 1
-  assert any("a.mp4" in r.getMessage() for r in caplog.records)
-  np.testing.assert_array_equal(replaced["video"], expected)
-  np.testing.assert_array_equal(source[0]["video"], expected)  # Counted once, not per read.
-  assert source.skipped_files == 1
+    _write_video(tmp_path / "a.mp4", 10)
+    _write_video(tmp_path / "b.mp4", 10, shade=150)
+    source = VideoFolder(tmp_path, "eval", num_frames=4, resolution=16)
+    expected = source[1]["video"]
+    (tmp_path / "a.mp4").write_bytes(np.random.default_rng(2).bytes(3000))  # Breaks after probing.
+    with caplog.at_level(logging.WARNING):
+        replaced = source[0]
+    assert source.skipped_files == 1
+    assert any("a.mp4" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(replaced["video"], expected)
+    np.testing.assert_array_equal(source[0]["video"], expected)  # Counted once, not per read.
+    assert source.skipped_files == 1
 
 
 def test_video_folder_errors_name_the_path(tmp_path):
-  empty = tmp_path / "empty"
-  empty.mkdir()
-  with pytest.raises(ValueError, match=f"{empty}.*no video files.*\\.mp4"):
-    VideoFolder(empty)
-  corrupt = tmp_path / "corrupt"
-  corrupt.mkdir()
-  (corrupt / "x.mp4").write_bytes(b"\x00" * 1000)
-  (corrupt / "y.webm").write_bytes(np.random.default_rng(3).bytes(1000))
-  with pytest.raises(ValueError, match=f"{corrupt}.*no readable video.*\\.mp4"):
-    VideoFolder(corrupt)
-  with pytest.raises(ValueError, match=f"{tmp_path / 'missing'}.*does not exist"):
-    VideoFolder(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"{empty}.*no video files.*\\.mp4"):
+        VideoFolder(empty)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "x.mp4").write_bytes(b"\x00" * 1000)
+    (corrupt / "y.webm").write_bytes(np.random.default_rng(3).bytes(1000))
+    with pytest.raises(ValueError, match=f"{corrupt}.*no readable video.*\\.mp4"):
+        VideoFolder(corrupt)
+    with pytest.raises(ValueError, match=f"{tmp_path / 'missing'}.*does not exist"):
+        VideoFolder(tmp_path / "missing")
 
 
 # ---------------------------------------------------------------- TFDS
 
 
 def test_tfds_source_with_mock_data():
-  tfds = pytest.importorskip("tensorflow_datasets")
-  with tfds.testing.mock_data(num_examples=4):
-    source = pipeline.make_source("tfds:ucf101", "train", num_frames=8, resolution=32,
-                                  frame_stride=2)
-    assert len(source) == 4 and source.tfds_split == "train"
-    example = source[2]
-    assert example["video"].shape == (8, 32, 32, 3) and example["video"].dtype == np.uint8
-    assert 0 <= example["label"] < 101 and example["caption"]  # A UCF101 class name.
-    gray = pipeline.make_source("tfds:moving_mnist", "eval", num_frames=5, resolution=16,
-                                video_key="image_sequence")
-    assert gray.tfds_split == "test"
-    assert gray[0]["video"].shape == (5, 16, 16, 3) and gray[0]["label"] == 0
-    with pytest.raises(ValueError, match="'video'.*image_sequence"):
-      pipeline.make_source("tfds:moving_mnist", "eval", num_frames=5, resolution=16)
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=4):
+        source = pipeline.make_source(
+            "tfds:ucf101", "train", num_frames=8, resolution=32, frame_stride=2
+        )
+        assert len(source) == 4 and source.tfds_split == "train"
+        example = source[2]
+        assert example["video"].shape == (8, 32, 32, 3) and example["video"].dtype == np.uint8
+        assert 0 <= example["label"] < 101 and example["caption"]  # A UCF101 class name.
+        gray = pipeline.make_source(
+            "tfds:moving_mnist", "eval", num_frames=5, resolution=16, video_key="image_sequence"
+        )
+        assert gray.tfds_split == "test"
+        assert gray[0]["video"].shape == (5, 16, 16, 3) and gray[0]["label"] == 0
+        with pytest.raises(ValueError, match="'video'.*image_sequence"):
+            pipeline.make_source("tfds:moving_mnist", "eval", num_frames=5, resolution=16)
 
 
 # ---------------------------------------------------------------- pipeline
 
 
 def test_make_source_rejects_unknown_names_and_splits():
-  with pytest.raises(ValueError, match="'kinetics'.*moving_digits, real_clips, video_folder, "
-                                       "tfds:<name>"):
-    pipeline.make_source("kinetics", "train", num_frames=4, resolution=16)
-  with pytest.raises(ValueError, match="'test'"):
-    pipeline.make_source("moving_digits", "test", num_frames=4, resolution=16)
-  with pytest.raises(ValueError, match="path"):
-    pipeline.make_source("video_folder", "train", num_frames=4, resolution=16)
+    with pytest.raises(
+        ValueError, match="'kinetics'.*moving_digits, real_clips, video_folder, tfds:<name>"
+    ):
+        pipeline.make_source("kinetics", "train", num_frames=4, resolution=16)
+    with pytest.raises(ValueError, match="'test'"):
+        pipeline.make_source("moving_digits", "test", num_frames=4, resolution=16)
+    with pytest.raises(ValueError, match="path"):
+        pipeline.make_source("video_folder", "train", num_frames=4, resolution=16)
 
 
 def test_make_iterator_batch_shapes_and_field_checks():
-  source = pipeline.make_source("moving_digits", "train", num_frames=9, resolution=32)
-  iterator = pipeline.make_iterator(source, global_batch_size=4, shuffle=True, seed=0,
-                                    fields=("video", "label", "audio"))
-  batch = next(iterator)
-  assert batch["video"].shape == (4, 9, 32, 32, 3) and batch["video"].dtype == np.uint8
-  assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
-  assert batch["audio"].shape == (4, 18000) and batch["audio"].dtype == np.float32
-  with pytest.raises(ValueError, match="audio"):
-    pipeline.make_iterator(pipeline.make_source("real_clips", "eval", num_frames=4, resolution=16),
-                           global_batch_size=2, shuffle=False, seed=0, fields=("video", "audio"))
-  with pytest.raises(ValueError, match="not divisible"):
-    pipeline.make_iterator(source, global_batch_size=5, shuffle=False, seed=0, process_count=2)
+    source = pipeline.make_source("moving_digits", "train", num_frames=9, resolution=32)
+    iterator = pipeline.make_iterator(
+        source, global_batch_size=4, shuffle=True, seed=0, fields=("video", "label", "audio")
+    )
+    batch = next(iterator)
+    assert batch["video"].shape == (4, 9, 32, 32, 3) and batch["video"].dtype == np.uint8
+    assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
+    assert batch["audio"].shape == (4, 18000) and batch["audio"].dtype == np.float32
+    with pytest.raises(ValueError, match="audio"):
+        pipeline.make_iterator(
+            pipeline.make_source("real_clips", "eval", num_frames=4, resolution=16),
+            global_batch_size=2,
+            shuffle=False,
+            seed=0,
+            fields=("video", "audio"),
+        )
+    with pytest.raises(ValueError, match="not divisible"):
+        pipeline.make_iterator(source, global_batch_size=5, shuffle=False, seed=0, process_count=2)
 
 
 def test_iterator_state_restore_replays_the_same_batches(tmp_path):
-  source = pipeline.make_source("real_clips", "train", num_frames=5, resolution=32,
-                                frame_stride=2)
+    source = pipeline.make_source(
+        "real_clips", "train", num_frames=5, resolution=32, frame_stride=2
+    )
 
-  def fresh():
-    return pipeline.make_iterator(source, global_batch_size=4, shuffle=True, seed=7)
+    def fresh():
+        return pipeline.make_iterator(source, global_batch_size=4, shuffle=True, seed=7)
 
-  iterator = fresh()
-  first = [next(iterator) for _ in range(3)]
-  state = iterator.get_state()
-  recorded = [next(iterator) for _ in range(2)]
-  restored = fresh()
-  restored.set_state(state)
-  replayed = [next(restored) for _ in range(2)]
-  for a, b in zip(recorded, replayed):
-    np.testing.assert_array_equal(a["video"], b["video"])
-    np.testing.assert_array_equal(a["label"], b["label"])
-  assert _digest(recorded[0]["video"]) != _digest(first[0]["video"])
+    iterator = fresh()
+    first = [next(iterator) for _ in range(3)]
+    state = iterator.get_state()
+    recorded = [next(iterator) for _ in range(2)]
+    restored = fresh()
+    restored.set_state(state)
+    replayed = [next(restored) for _ in range(2)]
+    for a, b in zip(recorded, replayed):
+        np.testing.assert_array_equal(a["video"], b["video"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert _digest(recorded[0]["video"]) != _digest(first[0]["video"])
 
-  # The same state through grain's orbax handler, as the trainer checkpoints it.
-  handler = grain_checkpoint.CheckpointHandler()
-  handler.save(epath.Path(tmp_path), item=iterator)
-  from_disk = fresh()
-  handler.restore(epath.Path(tmp_path), item=from_disk)
-  np.testing.assert_array_equal(next(from_disk)["video"], next(iterator)["video"])
+    # The same state through grain's orbax handler, as the trainer checkpoints it.
+    handler = grain_checkpoint.CheckpointHandler()
+    handler.save(epath.Path(tmp_path), item=iterator)
+    from_disk = fresh()
+    handler.restore(epath.Path(tmp_path), item=from_disk)
+    np.testing.assert_array_equal(next(from_disk)["video"], next(iterator)["video"])
 
 
 def test_processes_read_disjoint_examples_covering_the_epoch():
-  source = pipeline.make_source("moving_digits", "eval", num_frames=3, resolution=16,
-                                num_examples=16)
-  everything = {_digest(source[i]["video"]) for i in range(16)}
-  seen = []
-  for process_index in range(2):
-    iterator = pipeline.make_iterator(source, global_batch_size=4, shuffle=True, seed=1,
-                                      num_epochs=1, process_index=process_index,
-                                      process_count=2)
-    batches = list(iterator)
-    assert len(batches) == 4 and all(b["video"].shape[0] == 2 for b in batches)
-    seen.append({_digest(v) for b in batches for v in b["video"]})
-  assert len(seen[0]) == len(seen[1]) == 8
-  assert not seen[0] & seen[1]
-  assert seen[0] | seen[1] == everything
+    source = pipeline.make_source(
+        "moving_digits", "eval", num_frames=3, resolution=16, num_examples=16
+    )
+    everything = {_digest(source[i]["video"]) for i in range(16)}
+    seen = []
+    for process_index in range(2):
+        iterator = pipeline.make_iterator(
+            source,
+            global_batch_size=4,
+            shuffle=True,
+            seed=1,
+            num_epochs=1,
+            process_index=process_index,
+            process_count=2,
+        )
+        batches = list(iterator)
+        assert len(batches) == 4 and all(b["video"].shape[0] == 2 for b in batches)
+        seen.append({_digest(v) for b in batches for v in b["video"]})
+    assert len(seen[0]) == len(seen[1]) == 8
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == everything

@@ -19,8 +19,13 @@ def _tf_psnr(a, b, max_value):
 
 def _tf_ssim(a, b, max_value):
     return tf.image.ssim(
-        tf.constant(a), tf.constant(b), max_val=max_value,
-        filter_size=11, filter_sigma=1.5, k1=0.01, k2=0.03,
+        tf.constant(a),
+        tf.constant(b),
+        max_val=max_value,
+        filter_size=11,
+        filter_sigma=1.5,
+        k1=0.01,
+        k2=0.03,
     ).numpy()
 
 
@@ -37,17 +42,19 @@ def _structured_images(max_value):
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     gradient = np.stack([x / w, y / h, (x + y) / (w + h)], axis=-1)
     checker = np.repeat((((x // 8) + (y // 8)) % 2)[..., None], 3, axis=-1)
-    disc = ((x - 20) ** 2 + (y - 24) ** 2 < 15 ** 2).astype(np.float32)
+    disc = ((x - 20) ** 2 + (y - 24) ** 2 < 15**2).astype(np.float32)
     discs = np.stack([disc, np.roll(disc, 9, axis=1), 1 - disc], axis=-1)
     stripes = np.repeat((0.5 + 0.5 * np.sin(x / 3.0 + y / 5.0))[..., None], 3, axis=-1)
     a = np.stack([gradient, checker, discs, stripes]) * max_value
     # The distorted copies: shifted, contrast-reduced, blurred and quantised versions.
-    b = np.stack([
-        np.roll(a[0], 2, axis=0),
-        0.25 * max_value + 0.5 * a[1],
-        (a[2] + np.roll(a[2], 1, axis=0) + np.roll(a[2], 1, axis=1)) / 3.0,
-        np.round(a[3] / max_value * 4) / 4 * max_value,
-    ])
+    b = np.stack(
+        [
+            np.roll(a[0], 2, axis=0),
+            0.25 * max_value + 0.5 * a[1],
+            (a[2] + np.roll(a[2], 1, axis=0) + np.roll(a[2], 1, axis=1)) / 3.0,
+            np.round(a[3] / max_value * 4) / 4 * max_value,
+        ]
+    )
     return a.astype(np.float32), b.astype(np.float32)
 
 
@@ -56,9 +63,11 @@ def _structured_images(max_value):
 def test_random_images_match_tensorflow(max_value, noise):
     a, b = _random_pair(0, (4, 32, 40, 3), max_value, noise)
     np.testing.assert_allclose(
-        image_metrics.psnr(a, b, max_value=max_value), _tf_psnr(a, b, max_value), atol=1e-3)
+        image_metrics.psnr(a, b, max_value=max_value), _tf_psnr(a, b, max_value), atol=1e-3
+    )
     np.testing.assert_allclose(
-        image_metrics.ssim(a, b, max_value=max_value), _tf_ssim(a, b, max_value), atol=1e-4)
+        image_metrics.ssim(a, b, max_value=max_value), _tf_ssim(a, b, max_value), atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("max_value", [1.0, 255.0])
@@ -67,7 +76,8 @@ def test_structured_images_match_tensorflow(max_value):
     ours_ssim = np.asarray(image_metrics.ssim(a, b, max_value=max_value))
     np.testing.assert_allclose(ours_ssim, _tf_ssim(a, b, max_value), atol=1e-4)
     np.testing.assert_allclose(
-        image_metrics.psnr(a, b, max_value=max_value), _tf_psnr(a, b, max_value), atol=1e-3)
+        image_metrics.psnr(a, b, max_value=max_value), _tf_psnr(a, b, max_value), atol=1e-3
+    )
     # The distortions differ in kind, so the scores must spread out, not all sit near 1.
     assert ours_ssim.max() - ours_ssim.min() > 0.1
 
@@ -75,7 +85,8 @@ def test_structured_images_match_tensorflow(max_value):
 def test_single_channel_matches_tensorflow():
     a, b = _random_pair(1, (2, 24, 24, 1), 1.0, 0.1)
     np.testing.assert_allclose(
-        image_metrics.ssim(a, b, max_value=1.0), _tf_ssim(a, b, 1.0), atol=1e-4)
+        image_metrics.ssim(a, b, max_value=1.0), _tf_ssim(a, b, 1.0), atol=1e-4
+    )
 
 
 def test_identical_inputs():
@@ -109,8 +120,12 @@ def test_video_is_mean_of_per_frame_scores():
     video_psnr = np.asarray(image_metrics.psnr(a, b, max_value=1.0))
     video_ssim = np.asarray(image_metrics.ssim(a, b, max_value=1.0))
     frames_a, frames_b = a.reshape(-1, h, w, 3), b.reshape(-1, h, w, 3)
-    np.testing.assert_allclose(video_psnr, _tf_psnr(frames_a, frames_b, 1.0).reshape(b_, t).mean(1), atol=1e-3)
-    np.testing.assert_allclose(video_ssim, _tf_ssim(frames_a, frames_b, 1.0).reshape(b_, t).mean(1), atol=1e-4)
+    np.testing.assert_allclose(
+        video_psnr, _tf_psnr(frames_a, frames_b, 1.0).reshape(b_, t).mean(1), atol=1e-3
+    )
+    np.testing.assert_allclose(
+        video_ssim, _tf_ssim(frames_a, frames_b, 1.0).reshape(b_, t).mean(1), atol=1e-4
+    )
 
     pooled_psnr = -10 * np.log10(np.mean((a - b) ** 2, axis=(1, 2, 3, 4)))
     assert np.all(video_psnr - pooled_psnr > 3.0)

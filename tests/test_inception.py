@@ -22,12 +22,42 @@ from videogen.evaluation import inception, weight_files
 # REFERENCE_INDICES, then the mean and standard deviation of all 2048.
 REFERENCE_INDICES = list(range(8)) + list(range(128, 2048, 256))
 REFERENCE_VALUES = [
-    [0.24816808, 0.020041779, 0.0043600569, 0.44314107, 0.2787655, 0.05578259, 0.14206508,
-     0.27716723, 0.5496704, 0.11143745, 0.7793808, 0.24592236, 0.090545028, 0.14695472,
-     0.5171904, 0.41682607],
-    [0.44730237, 0.077095345, 0.059524909, 0.0065898341, 0.19484673, 0.26519179, 0.022494256,
-     0.0085605886, 0.53203654, 0.11134331, 0.65474939, 0.016645631, 0.18192683, 0.063843213,
-     0.55451721, 0.16750246],
+    [
+        0.24816808,
+        0.020041779,
+        0.0043600569,
+        0.44314107,
+        0.2787655,
+        0.05578259,
+        0.14206508,
+        0.27716723,
+        0.5496704,
+        0.11143745,
+        0.7793808,
+        0.24592236,
+        0.090545028,
+        0.14695472,
+        0.5171904,
+        0.41682607,
+    ],
+    [
+        0.44730237,
+        0.077095345,
+        0.059524909,
+        0.0065898341,
+        0.19484673,
+        0.26519179,
+        0.022494256,
+        0.0085605886,
+        0.53203654,
+        0.11134331,
+        0.65474939,
+        0.016645631,
+        0.18192683,
+        0.063843213,
+        0.55451721,
+        0.16750246,
+    ],
 ]
 REFERENCE_MEAN = [0.30196611, 0.25919364]
 REFERENCE_STD = [0.31931785, 0.27792489]
@@ -104,7 +134,8 @@ def test_unit_float_images_give_the_uint8_features(features_fn):
     features, features_unit_float = features_fn
     images = _test_images()
     np.testing.assert_allclose(
-        features_unit_float(images.astype(np.float32) / 255.0), features(images), rtol=0, atol=1e-5)
+        features_unit_float(images.astype(np.float32) / 255.0), features(images), rtol=0, atol=1e-5
+    )
 
 
 def test_float_images_without_range_are_refused():
@@ -116,8 +147,8 @@ def test_resize_uses_tf1_bilinear_geometry():
     # TF1 resize_bilinear (align_corners=False): output j samples input j * in / out,
     # clamped at the last pixel; no half-pixel shift.
     np.testing.assert_allclose(
-        inception.tf_bilinear_matrix(2, 4),
-        [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.0, 1.0]])
+        inception.tf_bilinear_matrix(2, 4), [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.0, 1.0]]
+    )
     np.testing.assert_allclose(inception.tf_bilinear_matrix(6, 3), np.eye(6)[[0, 2, 4]])
     # 299x299 inputs are only rescaled to [-1, 0.9921875].
     images = np.arange(299 * 299 * 3).reshape(1, 299, 299, 3).astype(np.uint8)
@@ -182,7 +213,9 @@ def test_unpickler_refuses_unexpected_globals(tmp_path):
     marker = tmp_path / "pwned"
     crafted = tmp_path / "crafted.pt"
     with zipfile.ZipFile(crafted, "w") as archive:
-        archive.writestr("archive/data.pkl", pickle.dumps({"w": _RunsShellCommand(marker)}, protocol=2))
+        archive.writestr(
+            "archive/data.pkl", pickle.dumps({"w": _RunsShellCommand(marker)}, protocol=2)
+        )
     with pytest.raises(pickle.UnpicklingError, match="system"):
         inception.read_torch_file(crafted)
     assert not marker.exists()
@@ -193,7 +226,12 @@ def _tensor_pickle(offset: int, size: int) -> bytes:
     return (
         b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n("
         b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQ"
-        + b"K" + bytes([offset]) + b"K" + bytes([size]) + b"\x85K\x01\x85\x89}tR.")
+        + b"K"
+        + bytes([offset])
+        + b"K"
+        + bytes([size])
+        + b"\x85K\x01\x85\x89}tR."
+    )
 
 
 def test_unpickler_rejects_tensors_that_overrun_their_storage():

@@ -124,7 +124,8 @@ def test_user_path_and_corrupted_file(model, distance, tmp_path):
     copy.write_bytes(bytes(data))
     a, b = _random_images(12), _random_images(13)
     np.testing.assert_array_equal(
-        np.asarray(distance(lpips.load_lpips(copy), a, b)), np.asarray(distance(model, a, b)))
+        np.asarray(distance(lpips.load_lpips(copy), a, b)), np.asarray(distance(model, a, b))
+    )
 
     data[len(data) // 2] ^= 0x01
     corrupt = tmp_path / "corrupt.ckpt"

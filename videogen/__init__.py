@@ -1,4 +1,5 @@
 """videogen: MAGVIT / MAGVIT-v2 / VideoPoet video generation in JAX and Flax NNX."""
+
 from flax import nnx as _nnx
 
 # Parameters carry logical axis names as metadata only. videogen.sharding maps

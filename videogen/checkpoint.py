@@ -6,6 +6,7 @@ One checkpoint per saved step holds three items:
   config: the experiment config as JSON, for provenance
 Saving is asynchronous; the training loop keeps running while arrays are written.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,87 +23,97 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Thin wrapper over an orbax CheckpointManager rooted at `<workdir>/checkpoints`."""
+    """Thin wrapper over an orbax CheckpointManager rooted at `<workdir>/checkpoints`."""
 
-  def __init__(self, workdir: str, *, max_to_keep: int, save_interval_steps: int,
-               async_save: bool = True):
-    # Remote workdirs (gs://...) are used as given; local ones are made absolute for orbax.
-    root = workdir if "://" in workdir else os.path.abspath(workdir)
-    self.directory = os.path.join(root, "checkpoints")
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        save_interval_steps=save_interval_steps,
-        enable_async_checkpointing=async_save,
-        create=True,
-    )
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    def __init__(
+        self, workdir: str, *, max_to_keep: int, save_interval_steps: int, async_save: bool = True
+    ):
+        # Remote workdirs (gs://...) are used as given; local ones are made absolute for orbax.
+        root = workdir if "://" in workdir else os.path.abspath(workdir)
+        self.directory = os.path.join(root, "checkpoints")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            save_interval_steps=save_interval_steps,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
 
-  def save(self, step: int, state: nnx.State, data_iterator: grain.DatasetIterator,
-           config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
-    """Saves if `step` is on the save interval (or `force`); returns whether it did."""
-    args = ocp.args.Composite(
-        state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
-    )
-    return self._manager.save(step, args=args, force=force)
+    def save(
+        self,
+        step: int,
+        state: nnx.State,
+        data_iterator: grain.DatasetIterator,
+        config: ml_collections.ConfigDict,
+        *,
+        force: bool = False,
+    ) -> bool:
+        """Saves if `step` is on the save interval (or `force`); returns whether it did."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+        )
+        return self._manager.save(step, args=args, force=force)
 
-  def restore(self, step: int, abstract_state: nnx.State,
-              data_iterator: grain.DatasetIterator) -> nnx.State:
-    """Restores `step` into arrays laid out like `abstract_state` (shapes + shardings).
+    def restore(
+        self, step: int, abstract_state: nnx.State, data_iterator: grain.DatasetIterator
+    ) -> nnx.State:
+        """Restores `step` into arrays laid out like `abstract_state` (shapes + shardings).
 
-    `data_iterator` is moved to the saved position in place.
-    """
-    abstract_pure = nnx.to_pure_dict(abstract_state)
-    args = ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_pure),
-        data=grain.checkpoint.CheckpointRestore(data_iterator),
-    )
-    restored = self._manager.restore(step, args=args)
-    state = jax.tree.map(lambda x: x, abstract_state)  # a fresh container to fill
-    nnx.replace_by_pure_dict(state, restored["state"])
-    return state
+        `data_iterator` is moved to the saved position in place.
+        """
+        abstract_pure = nnx.to_pure_dict(abstract_state)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_pure),
+            data=grain.checkpoint.CheckpointRestore(data_iterator),
+        )
+        restored = self._manager.restore(step, args=args)
+        state = jax.tree.map(lambda x: x, abstract_state)  # a fresh container to fill
+        nnx.replace_by_pure_dict(state, restored["state"])
+        return state
 
-  def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    def wait_until_finished(self) -> None:
+        self._manager.wait_until_finished()
 
-  def close(self) -> None:
-    self._manager.close()
+    def close(self) -> None:
+        self._manager.close()
 
 
 class PreemptionGuard:
-  """Turns SIGTERM into a flag the train loop polls, so it can save and exit cleanly.
+    """Turns SIGTERM into a flag the train loop polls, so it can save and exit cleanly.
 
-  Cloud TPU and most schedulers send SIGTERM shortly before preemption. On
-  multi-host jobs every host must agree to stop at the same step; orbax's
-  `reached_preemption` sync is used there.
-  """
+    Cloud TPU and most schedulers send SIGTERM shortly before preemption. On
+    multi-host jobs every host must agree to stop at the same step; orbax's
+    `reached_preemption` sync is used there.
+    """
 
-  def __init__(self):
-    self._event = threading.Event()
-    self._previous = None
+    def __init__(self):
+        self._event = threading.Event()
+        self._previous = None
 
-  def __enter__(self) -> "PreemptionGuard":
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
+    def __enter__(self) -> "PreemptionGuard":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
 
-  def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
-  def _handle(self, signum, frame) -> None:
-    del frame
-    logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
-    self._event.set()
+    def _handle(self, signum, frame) -> None:
+        del frame
+        logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
+        self._event.set()
 
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      # JAX's distributed runtime receives the signal on every host and agrees
-      # on one step; a local flag alone would let hosts stop at different steps.
-      from jax.experimental import multihost_utils
-      return bool(multihost_utils.reached_preemption_sync_point(step))
-    return self._event.is_set()
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            # JAX's distributed runtime receives the signal on every host and agrees
+            # on one step; a local flag alone would let hosts stop at different steps.
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return self._event.is_set()

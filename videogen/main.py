@@ -4,6 +4,7 @@ Parses flags and the config, initialises multi-host JAX when needed, and hands
 over to `videogen.trainers.<config.trainer>.train_and_evaluate`. All logic lives
 in importable modules so it can be tested.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -18,74 +19,95 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. experiments/quickstart.py[:args].",
-    lock_config=True)
+    "config",
+    None,
+    "Experiment config file, e.g. experiments/quickstart.py[:args].",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                          "train: train (resuming from the workdir) and evaluate; "
-                          "eval: evaluate the latest checkpoint in the workdir.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval"],
+    "train: train (resuming from the workdir) and evaluate; "
+    "eval: evaluate the latest checkpoint in the workdir.",
+)
 
 
 def _hide_accelerators_from_tensorflow() -> None:
-  try:
-    import tensorflow as tf
-  except ImportError:
-    return
-  tf.config.set_visible_devices([], "GPU")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    tf.config.set_visible_devices([], "GPU")
 
 
 class _QuietLibraryInfo(logging_std.Filter):
-  """Drops INFO lines of checkpointing and input libraries (orbax logs ~20 per save)."""
+    """Drops INFO lines of checkpointing and input libraries (orbax logs ~20 per save)."""
 
-  _NOISY = ("/orbax/", "/grain/", "/tensorstore/")
+    _NOISY = ("/orbax/", "/grain/", "/tensorstore/")
 
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    return record.levelno >= logging_std.WARNING or not any(
-        part in record.pathname for part in self._NOISY)
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        return record.levelno >= logging_std.WARNING or not any(
+            part in record.pathname for part in self._NOISY
+        )
 
 
 def _is_multi_process() -> bool:
-  """True on multi-host TPU slices, multi-task SLURM jobs or an explicit coordinator."""
-  env = os.environ
-  if "SLURM_NTASKS" in env:
-    return int(env["SLURM_NTASKS"]) > 1
-  if "TPU_WORKER_HOSTNAMES" in env:
-    return len(env["TPU_WORKER_HOSTNAMES"].split(",")) > 1
-  return "JAX_COORDINATOR_ADDRESS" in env
+    """True on multi-host TPU slices, multi-task SLURM jobs or an explicit coordinator."""
+    env = os.environ
+    if "SLURM_NTASKS" in env:
+        return int(env["SLURM_NTASKS"]) > 1
+    if "TPU_WORKER_HOSTNAMES" in env:
+        return len(env["TPU_WORKER_HOSTNAMES"].split(",")) > 1
+    return "JAX_COORDINATOR_ADDRESS" in env
 
 
 def run(config, workdir: str, mode: str = "train"):
-  """Imports the trainer the config names and runs it; returns its result."""
-  try:
-    trainer = importlib.import_module(f"videogen.trainers.{config.trainer}")
-  except ModuleNotFoundError as e:
-    if e.name != f"videogen.trainers.{config.trainer}":
-      raise
-    available = sorted(f[:-3] for f in os.listdir(os.path.dirname(__file__) + "/trainers")
-                       if f.endswith(".py") and not f.startswith("_"))
-    raise ValueError(f"config.trainer={config.trainer!r} is not a module in videogen/trainers; "
-                     f"available: {available}.") from None
-  if mode == "eval":
-    return trainer.evaluate_checkpoint(config, workdir)
-  return trainer.train_and_evaluate(config, workdir)
+    """Imports the trainer the config names and runs it; returns its result."""
+    try:
+        trainer = importlib.import_module(f"videogen.trainers.{config.trainer}")
+    except ModuleNotFoundError as e:
+        if e.name != f"videogen.trainers.{config.trainer}":
+            raise
+        available = sorted(
+            f[:-3]
+            for f in os.listdir(os.path.dirname(__file__) + "/trainers")
+            if f.endswith(".py") and not f.startswith("_")
+        )
+        raise ValueError(
+            f"config.trainer={config.trainer!r} is not a module in videogen/trainers; "
+            f"available: {available}."
+        ) from None
+    if mode == "eval":
+        return trainer.evaluate_checkpoint(config, workdir)
+    return trainer.train_and_evaluate(config, workdir)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("Both --config and --workdir are required, e.g. "
-                         "--config=experiments/quickstart.py --workdir=runs/quickstart")
-  _hide_accelerators_from_tensorflow()
-  logging.get_absl_handler().addFilter(_QuietLibraryInfo())
-  import jax
-  # Multi-host pods and SLURM clusters: the runtime finds its peers from the environment.
-  if _is_multi_process():
-    jax.distributed.initialize()
-  logging.info("JAX process %d/%d, %d local devices (%s)", jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.default_backend())
-  run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError(
+            "Both --config and --workdir are required, e.g. "
+            "--config=experiments/quickstart.py --workdir=runs/quickstart"
+        )
+    _hide_accelerators_from_tensorflow()
+    logging.get_absl_handler().addFilter(_QuietLibraryInfo())
+    import jax
+
+    # Multi-host pods and SLURM clusters: the runtime finds its peers from the environment.
+    if _is_multi_process():
+        jax.distributed.initialize()
+    logging.info(
+        "JAX process %d/%d, %d local devices (%s)",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.default_backend(),
+    )
+    run(_CONFIG.value, _WORKDIR.value, _MODE.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

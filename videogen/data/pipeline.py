@@ -25,103 +25,134 @@ SPLITS = ("train", "eval")
 
 
 class VideoSource(Protocol):
-  """Random-access examples; `keys` names what each example dict holds."""
+    """Random-access examples; `keys` names what each example dict holds."""
 
-  keys: tuple[str, ...]
-  skipped_files: int
+    keys: tuple[str, ...]
+    skipped_files: int
 
-  def __len__(self) -> int: ...
+    def __len__(self) -> int: ...
 
-  def __getitem__(self, index: int) -> dict[str, Any]: ...
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
 
 
-def make_source(name: str, split: str, *, num_frames: int, resolution: int,
-                frame_stride: int = 1, seed: int = 0, path: str | None = None,
-                num_examples: int | None = None, video_key: str = "video") -> VideoSource:
-  """Builds the source `name` for `split` ("train" or "eval").
+def make_source(
+    name: str,
+    split: str,
+    *,
+    num_frames: int,
+    resolution: int,
+    frame_stride: int = 1,
+    seed: int = 0,
+    path: str | None = None,
+    num_examples: int | None = None,
+    video_key: str = "video",
+) -> VideoSource:
+    """Builds the source `name` for `split` ("train" or "eval").
 
-  Args:
-    name: one of KNOWN_NAMES; "tfds:ucf101" reads TFDS dataset ucf101.
-    num_frames, resolution, frame_stride: clips are uint8
-      [num_frames, resolution, resolution, 3], every frame_stride-th frame.
-    path: the folder for "video_folder"; the TFDS data_dir for "tfds:...".
-    num_examples: length of the split; each source has a default.
-    video_key: the video feature of a TFDS dataset.
-  """
-  if split not in SPLITS:
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-  common = dict(num_frames=num_frames, resolution=resolution, num_examples=num_examples,
-                seed=seed)
-  if name == "moving_digits":
-    return MovingDigits(split, frame_stride=frame_stride, **common)
-  if name == "real_clips":
-    return RealClips(split, frame_stride=frame_stride, **common)
-  if name == "video_folder":
-    if path is None:
-      raise ValueError("dataset 'video_folder' needs path=<folder of video files>.")
-    return VideoFolder(path, split, frame_stride=frame_stride, **common)
-  if name.startswith("tfds:") and len(name) > len("tfds:"):
-    return TfdsSource(name[len("tfds:"):], split, frame_stride=frame_stride, data_dir=path,
-                      video_key=video_key, **common)
-  raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_NAMES)}.")
+    Args:
+      name: one of KNOWN_NAMES; "tfds:ucf101" reads TFDS dataset ucf101.
+      num_frames, resolution, frame_stride: clips are uint8
+        [num_frames, resolution, resolution, 3], every frame_stride-th frame.
+      path: the folder for "video_folder"; the TFDS data_dir for "tfds:...".
+      num_examples: length of the split; each source has a default.
+      video_key: the video feature of a TFDS dataset.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    common = dict(
+        num_frames=num_frames, resolution=resolution, num_examples=num_examples, seed=seed
+    )
+    if name == "moving_digits":
+        return MovingDigits(split, frame_stride=frame_stride, **common)
+    if name == "real_clips":
+        return RealClips(split, frame_stride=frame_stride, **common)
+    if name == "video_folder":
+        if path is None:
+            raise ValueError("dataset 'video_folder' needs path=<folder of video files>.")
+        return VideoFolder(path, split, frame_stride=frame_stride, **common)
+    if name.startswith("tfds:") and len(name) > len("tfds:"):
+        return TfdsSource(
+            name[len("tfds:") :],
+            split,
+            frame_stride=frame_stride,
+            data_dir=path,
+            video_key=video_key,
+            **common,
+        )
+    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_NAMES)}.")
 
 
 class SelectFields:
-  """Keeps `fields` of an example dict (a class, not a lambda, so workers can pickle it)."""
+    """Keeps `fields` of an example dict (a class, not a lambda, so workers can pickle it)."""
 
-  def __init__(self, fields: Sequence[str]):
-    self.fields = tuple(fields)
+    def __init__(self, fields: Sequence[str]):
+        self.fields = tuple(fields)
 
-  def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
-    missing = [k for k in self.fields if k not in example]
+    def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
+        missing = [k for k in self.fields if k not in example]
+        if missing:
+            raise KeyError(f"fields {missing} are not in the example; it has {sorted(example)}.")
+        return {k: example[k] for k in self.fields}
+
+
+def make_iterator(
+    source: VideoSource,
+    *,
+    global_batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_epochs: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    fields: Sequence[str] = ("video", "label"),
+    worker_count: int = 0,
+    read_threads: int = 4,
+) -> grain.DatasetIterator:
+    """Batches of this process's share of `source`, with checkpointable state.
+
+    Order: shuffle (reshuffled every epoch) -> repeat(num_epochs; None = forever)
+    -> every process_count-th example from process_index, so processes read
+    disjoint examples -> batch of global_batch_size // process_count, the last
+    partial batch dropped. Batches are dicts of numpy arrays: 'video' uint8
+    [B, T, H, W, 3], 'label' int32 [B], 'audio' float32 [B, S], 'caption' str [B].
+
+    `get_state()` / `set_state()` of the returned iterator resume exactly;
+    grain.checkpoint.CheckpointSave/CheckpointRestore store them with orbax.
+    worker_count > 0 decodes in that many processes; read_threads threads per
+    process read examples.
+    """
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not divisible by "
+            f"process_count={process_count}; pick a multiple of {process_count}."
+        )
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+    missing = [f for f in fields if f not in source.keys]
     if missing:
-      raise KeyError(f"fields {missing} are not in the example; it has {sorted(example)}.")
-    return {k: example[k] for k in self.fields}
-
-
-def make_iterator(source: VideoSource, *, global_batch_size: int, shuffle: bool, seed: int,
-                  num_epochs: int | None = None, process_index: int = 0,
-                  process_count: int = 1, fields: Sequence[str] = ("video", "label"),
-                  worker_count: int = 0, read_threads: int = 4) -> grain.DatasetIterator:
-  """Batches of this process's share of `source`, with checkpointable state.
-
-  Order: shuffle (reshuffled every epoch) -> repeat(num_epochs; None = forever)
-  -> every process_count-th example from process_index, so processes read
-  disjoint examples -> batch of global_batch_size // process_count, the last
-  partial batch dropped. Batches are dicts of numpy arrays: 'video' uint8
-  [B, T, H, W, 3], 'label' int32 [B], 'audio' float32 [B, S], 'caption' str [B].
-
-  `get_state()` / `set_state()` of the returned iterator resume exactly;
-  grain.checkpoint.CheckpointSave/CheckpointRestore store them with orbax.
-  worker_count > 0 decodes in that many processes; read_threads threads per
-  process read examples.
-  """
-  if global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
-                     f"process_count={process_count}; pick a multiple of {process_count}.")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
-  missing = [f for f in fields if f not in source.keys]
-  if missing:
-    raise ValueError(f"fields {missing} are not produced by {type(source).__name__}; "
-                     f"it yields {list(source.keys)}.")
-  batch_size = global_batch_size // process_count
-  ds = grain.MapDataset.source(source)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)
-  ds = ds[process_index::process_count]
-  ds = ds.map(SelectFields(fields))
-  # A buffer of two batches keeps the reader busy without holding hundreds of
-  # clips (grain's default of 500 elements is ~400 MB at 17x128x128).
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                            prefetch_buffer_size=2 * batch_size))
-  ds = ds.batch(batch_size, drop_remainder=True)
-  if worker_count > 0:
-    if not flags.FLAGS.is_parsed():
-      raise ValueError(f"worker_count={worker_count} starts grain worker processes, which read "
-                       "absl flags; run under absl.app.run (or call "
-                       "absl.flags.FLAGS.mark_as_parsed()) first, or use worker_count=0.")
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return iter(ds)
-
+        raise ValueError(
+            f"fields {missing} are not produced by {type(source).__name__}; "
+            f"it yields {list(source.keys)}."
+        )
+    batch_size = global_batch_size // process_count
+    ds = grain.MapDataset.source(source)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    ds = ds[process_index::process_count]
+    ds = ds.map(SelectFields(fields))
+    # A buffer of two batches keeps the reader busy without holding hundreds of
+    # clips (grain's default of 500 elements is ~400 MB at 17x128x128).
+    ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size)
+    )
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if worker_count > 0:
+        if not flags.FLAGS.is_parsed():
+            raise ValueError(
+                f"worker_count={worker_count} starts grain worker processes, which read "
+                "absl flags; run under absl.app.run (or call "
+                "absl.flags.FLAGS.mark_as_parsed()) first, or use worker_count=0."
+            )
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(ds)

@@ -13,120 +13,128 @@ _BILINEAR = Image.Resampling.BILINEAR
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-  return (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    return (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
 
 
 def resize_video(video: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of every frame: uint8 [T, H, W, C] -> uint8 [T, h, w, C].
+    """Bilinear resize of every frame: uint8 [T, H, W, C] -> uint8 [T, h, w, C].
 
-  PIL's bilinear filter widens its support when shrinking, so downscaling is
-  antialiased (plain 4-tap bilinear would alias fine textures). Shrinking by
-  more than 2x first box-reduces by an integer factor (`reducing_gap`): ~3x
-  faster on HD frames, within 0.5/255 mean of the exact filter.
-  """
-  h, w = _pair(size)
-  if video.shape[1:3] == (h, w):
-    return video
-  channels = video.shape[-1]
-  out = np.empty((video.shape[0], h, w, channels), np.uint8)
-  for t, frame in enumerate(video):
-    if channels in (1, 3):
-      image = Image.fromarray(np.ascontiguousarray(frame if channels == 3 else frame[..., 0]))
-      out[t] = np.asarray(image.resize((w, h), _BILINEAR, reducing_gap=2.0)).reshape(h, w, -1)
-    else:
-      # PIL has no mode for other channel counts: resize each plane alone.
-      for c in range(channels):
-        plane = Image.fromarray(np.ascontiguousarray(frame[..., c]))
-        out[t, ..., c] = np.asarray(plane.resize((w, h), _BILINEAR, reducing_gap=2.0))
-  return out
+    PIL's bilinear filter widens its support when shrinking, so downscaling is
+    antialiased (plain 4-tap bilinear would alias fine textures). Shrinking by
+    more than 2x first box-reduces by an integer factor (`reducing_gap`): ~3x
+    faster on HD frames, within 0.5/255 mean of the exact filter.
+    """
+    h, w = _pair(size)
+    if video.shape[1:3] == (h, w):
+        return video
+    channels = video.shape[-1]
+    out = np.empty((video.shape[0], h, w, channels), np.uint8)
+    for t, frame in enumerate(video):
+        if channels in (1, 3):
+            image = Image.fromarray(np.ascontiguousarray(frame if channels == 3 else frame[..., 0]))
+            out[t] = np.asarray(image.resize((w, h), _BILINEAR, reducing_gap=2.0)).reshape(h, w, -1)
+        else:
+            # PIL has no mode for other channel counts: resize each plane alone.
+            for c in range(channels):
+                plane = Image.fromarray(np.ascontiguousarray(frame[..., c]))
+                out[t, ..., c] = np.asarray(plane.resize((w, h), _BILINEAR, reducing_gap=2.0))
+    return out
 
 
 def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-  """(h, w) with min(h, w) == short_side and the aspect of (height, width)."""
-  scale = short_side / min(height, width)
-  if height <= width:
-    return short_side, max(short_side, round(width * scale))
-  return max(short_side, round(height * scale)), short_side
+    """(h, w) with min(h, w) == short_side and the aspect of (height, width)."""
+    scale = short_side / min(height, width)
+    if height <= width:
+        return short_side, max(short_side, round(width * scale))
+    return max(short_side, round(height * scale)), short_side
 
 
 def resize_short_side(video: np.ndarray, short_side: int) -> np.ndarray:
-  """Resizes [T, H, W, C] so that min(H, W) == short_side, keeping the aspect."""
-  return resize_video(video, short_side_size(*video.shape[1:3], short_side))
+    """Resizes [T, H, W, C] so that min(H, W) == short_side, keeping the aspect."""
+    return resize_video(video, short_side_size(*video.shape[1:3], short_side))
 
 
 def center_crop(video: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-  """Central [T, h, w, C] window of [T, H, W, C]; needs h <= H and w <= W."""
-  h, w = _pair(size)
-  height, width = video.shape[1:3]
-  if h > height or w > width:
-    raise ValueError(f"crop {(h, w)} larger than frames {(height, width)}")
-  top, left = (height - h) // 2, (width - w) // 2
-  return video[:, top:top + h, left:left + w]
+    """Central [T, h, w, C] window of [T, H, W, C]; needs h <= H and w <= W."""
+    h, w = _pair(size)
+    height, width = video.shape[1:3]
+    if h > height or w > width:
+        raise ValueError(f"crop {(h, w)} larger than frames {(height, width)}")
+    top, left = (height - h) // 2, (width - w) // 2
+    return video[:, top : top + h, left : left + w]
 
 
-def random_crop(video: np.ndarray, size: int | tuple[int, int],
-                rng: np.random.Generator) -> np.ndarray:
-  """Uniformly placed [T, h, w, C] window of [T, H, W, C], the same for all frames."""
-  h, w = _pair(size)
-  height, width = video.shape[1:3]
-  if h > height or w > width:
-    raise ValueError(f"crop {(h, w)} larger than frames {(height, width)}")
-  top = int(rng.integers(0, height - h + 1))
-  left = int(rng.integers(0, width - w + 1))
-  return video[:, top:top + h, left:left + w]
+def random_crop(
+    video: np.ndarray, size: int | tuple[int, int], rng: np.random.Generator
+) -> np.ndarray:
+    """Uniformly placed [T, h, w, C] window of [T, H, W, C], the same for all frames."""
+    h, w = _pair(size)
+    height, width = video.shape[1:3]
+    if h > height or w > width:
+        raise ValueError(f"crop {(h, w)} larger than frames {(height, width)}")
+    top = int(rng.integers(0, height - h + 1))
+    left = int(rng.integers(0, width - w + 1))
+    return video[:, top : top + h, left : left + w]
 
 
 def clip_span(num_frames: int, frame_stride: int) -> int:
-  """Number of source frames a clip of `num_frames` at `frame_stride` covers."""
-  return (num_frames - 1) * frame_stride + 1
+    """Number of source frames a clip of `num_frames` at `frame_stride` covers."""
+    return (num_frames - 1) * frame_stride + 1
 
 
-def sample_clip_start(num_available: int, span: int,
-                      rng: np.random.Generator | None = None) -> int:
-  """First frame of a clip covering `span` frames of a `num_available`-frame video.
+def sample_clip_start(num_available: int, span: int, rng: np.random.Generator | None = None) -> int:
+    """First frame of a clip covering `span` frames of a `num_available`-frame video.
 
-  Uniform over all valid starts with `rng`, the centred start without (eval).
-  Returns 0 when the video is shorter than the span.
-  """
-  room = max(num_available - span, 0)
-  return int(rng.integers(0, room + 1)) if rng is not None else room // 2
-
-
-def clip_frame_indices(start: int, num_frames: int, frame_stride: int,
-                       num_available: int) -> np.ndarray:
-  """int [num_frames] frame indices; past the end the last frame is repeated.
-
-  Repeating the last frame (rather than skipping short videos) keeps every
-  file usable and the clip length fixed; the tail of a short clip is static.
-  """
-  indices = start + frame_stride * np.arange(num_frames)
-  return np.minimum(indices, num_available - 1)
+    Uniform over all valid starts with `rng`, the centred start without (eval).
+    Returns 0 when the video is shorter than the span.
+    """
+    room = max(num_available - span, 0)
+    return int(rng.integers(0, room + 1)) if rng is not None else room // 2
 
 
-def crop_and_resize(video: np.ndarray, resolution: int,
-                    rng: np.random.Generator | None = None) -> np.ndarray:
-  """uint8 [T, H, W, C] -> [T, resolution, resolution, C].
+def clip_frame_indices(
+    start: int, num_frames: int, frame_stride: int, num_available: int
+) -> np.ndarray:
+    """int [num_frames] frame indices; past the end the last frame is repeated.
 
-  Same result as resizing the short side to `resolution` and then cropping,
-  but crops the min(H, W) square first so that only the kept pixels are
-  resized. Random placement with `rng` (train), centred without (eval).
-  """
-  side = min(video.shape[1:3])
-  square = random_crop(video, side, rng) if rng is not None else center_crop(video, side)
-  return resize_video(square, resolution)
+    Repeating the last frame (rather than skipping short videos) keeps every
+    file usable and the clip length fixed; the tail of a short clip is static.
+    """
+    indices = start + frame_stride * np.arange(num_frames)
+    return np.minimum(indices, num_available - 1)
 
 
-def sample_clip(frames: np.ndarray, *, num_frames: int, frame_stride: int,
-                resolution: int, rng: np.random.Generator | None = None) -> np.ndarray:
-  """Temporal window + square crop + resize of a decoded video.
+def crop_and_resize(
+    video: np.ndarray, resolution: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """uint8 [T, H, W, C] -> [T, resolution, resolution, C].
 
-  Args:
-    frames: uint8 [N, H, W, C].
-    rng: random start and crop (train); None for the centred clip (eval).
+    Same result as resizing the short side to `resolution` and then cropping,
+    but crops the min(H, W) square first so that only the kept pixels are
+    resized. Random placement with `rng` (train), centred without (eval).
+    """
+    side = min(video.shape[1:3])
+    square = random_crop(video, side, rng) if rng is not None else center_crop(video, side)
+    return resize_video(square, resolution)
 
-  Returns:
-    uint8 [num_frames, resolution, resolution, C].
-  """
-  start = sample_clip_start(len(frames), clip_span(num_frames, frame_stride), rng)
-  clip = frames[clip_frame_indices(start, num_frames, frame_stride, len(frames))]
-  return crop_and_resize(clip, resolution, rng)
+
+def sample_clip(
+    frames: np.ndarray,
+    *,
+    num_frames: int,
+    frame_stride: int,
+    resolution: int,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Temporal window + square crop + resize of a decoded video.
+
+    Args:
+      frames: uint8 [N, H, W, C].
+      rng: random start and crop (train); None for the centred clip (eval).
+
+    Returns:
+      uint8 [num_frames, resolution, resolution, C].
+    """
+    start = sample_clip_start(len(frames), clip_span(num_frames, frame_stride), rng)
+    clip = frames[clip_frame_indices(start, num_frames, frame_stride, len(frames))]
+    return crop_and_resize(clip, resolution, rng)

@@ -42,141 +42,174 @@ SPLITS = ("train", "eval")
 
 
 def find_videos(root: str) -> list[str]:
-  """Sorted paths, relative to `root`, of all files with a video extension below it."""
-  found = []
-  for directory, subdirs, files in os.walk(root):
-    subdirs.sort()
-    for name in files:
-      if name.lower().endswith(VIDEO_EXTENSIONS):
-        found.append(os.path.relpath(os.path.join(directory, name), root))
-  return sorted(found)
+    """Sorted paths, relative to `root`, of all files with a video extension below it."""
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs.sort()
+        for name in files:
+            if name.lower().endswith(VIDEO_EXTENSIONS):
+                found.append(os.path.relpath(os.path.join(directory, name), root))
+    return sorted(found)
 
 
 def read_labels_file(path: str) -> dict[str, tuple[int, str]]:
-  """{relative_path: (label, caption)} from a `relative_path,label[,caption]` csv."""
-  annotations = {}
-  with open(path, newline="", encoding="utf-8") as f:
-    for line_number, row in enumerate(csv.reader(f), start=1):
-      if not row or not "".join(row).strip():
-        continue
-      if len(row) < 2:
-        raise ValueError(f"{path}:{line_number}: expected `relative_path,label[,caption]`, "
-                         f"got {row!r}")
-      try:
-        label = int(row[1])
-      except ValueError:
-        if line_number == 1:  # A header row.
-          continue
-        raise ValueError(f"{path}:{line_number}: label must be an integer, "
-                         f"got {row[1]!r}") from None
-      # Unquoted commas in a caption split it into more columns; rejoin them.
-      caption = ",".join(row[2:]).strip()
-      annotations[os.path.normpath(row[0].strip())] = (label, caption)
-  return annotations
+    """{relative_path: (label, caption)} from a `relative_path,label[,caption]` csv."""
+    annotations = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for line_number, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2:
+                raise ValueError(
+                    f"{path}:{line_number}: expected `relative_path,label[,caption]`, got {row!r}"
+                )
+            try:
+                label = int(row[1])
+            except ValueError:
+                if line_number == 1:  # A header row.
+                    continue
+                raise ValueError(
+                    f"{path}:{line_number}: label must be an integer, got {row[1]!r}"
+                ) from None
+            # Unquoted commas in a caption split it into more columns; rejoin them.
+            caption = ",".join(row[2:]).strip()
+            annotations[os.path.normpath(row[0].strip())] = (label, caption)
+    return annotations
 
 
 class VideoFolder:
-  """Random-access clips of the videos under `path`; behaviour in the module docstring.
+    """Random-access clips of the videos under `path`; behaviour in the module docstring.
 
-  Args:
-    path: folder searched recursively.
-    split: "train" (random start and crop) or "eval" (centred).
-    num_examples: virtual length; example i reads file i % num_files.
-      Defaults to the number of readable files (one clip per file per epoch).
-  """
+    Args:
+      path: folder searched recursively.
+      split: "train" (random start and crop) or "eval" (centred).
+      num_examples: virtual length; example i reads file i % num_files.
+        Defaults to the number of readable files (one clip per file per epoch).
+    """
 
-  keys = ("video", "label", "caption")
+    keys = ("video", "label", "caption")
 
-  def __init__(self, path: str | os.PathLike, split: str = "train", *, num_frames: int = 17,
-               resolution: int = 64, frame_stride: int = 1, num_examples: int | None = None,
-               seed: int = 0):
-    if split not in SPLITS:
-      raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    root = os.fspath(path)
-    expected = (f"expected a folder holding video files ({', '.join(VIDEO_EXTENSIONS)}), "
-                f"searched recursively, optionally with a {LABELS_FILE} of "
-                "`relative_path,label[,caption]` rows")
-    if not os.path.isdir(root):
-      raise ValueError(f"video folder {root!r} does not exist or is not a directory; {expected}.")
-    self.root = root
-    self.split = split
-    self.num_frames = num_frames
-    self.resolution = resolution
-    self.frame_stride = frame_stride
-    self.seed = seed
-    self.skipped_files = 0
-    self._bad: set[int] = set()
-    self._lock = threading.Lock()
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        split: str = "train",
+        *,
+        num_frames: int = 17,
+        resolution: int = 64,
+        frame_stride: int = 1,
+        num_examples: int | None = None,
+        seed: int = 0,
+    ):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        root = os.fspath(path)
+        expected = (
+            f"expected a folder holding video files ({', '.join(VIDEO_EXTENSIONS)}), "
+            f"searched recursively, optionally with a {LABELS_FILE} of "
+            "`relative_path,label[,caption]` rows"
+        )
+        if not os.path.isdir(root):
+            raise ValueError(
+                f"video folder {root!r} does not exist or is not a directory; {expected}."
+            )
+        self.root = root
+        self.split = split
+        self.num_frames = num_frames
+        self.resolution = resolution
+        self.frame_stride = frame_stride
+        self.seed = seed
+        self.skipped_files = 0
+        self._bad: set[int] = set()
+        self._lock = threading.Lock()
 
-    candidates = find_videos(root)
-    labels_path = os.path.join(root, LABELS_FILE)
-    annotations = read_labels_file(labels_path) if os.path.exists(labels_path) else None
-    if annotations is not None:
-      unlisted = len(set(candidates) - set(annotations))
-      if unlisted:
-        logging.warning("%d video files under %s are not listed in %s and are not used.",
-                        unlisted, root, labels_path)
-      candidates = sorted(annotations)
-    if not candidates:
-      raise ValueError(f"video folder {root!r} holds no video files; {expected}.")
+        candidates = find_videos(root)
+        labels_path = os.path.join(root, LABELS_FILE)
+        annotations = read_labels_file(labels_path) if os.path.exists(labels_path) else None
+        if annotations is not None:
+            unlisted = len(set(candidates) - set(annotations))
+            if unlisted:
+                logging.warning(
+                    "%d video files under %s are not listed in %s and are not used.",
+                    unlisted,
+                    root,
+                    labels_path,
+                )
+            candidates = sorted(annotations)
+        if not candidates:
+            raise ValueError(f"video folder {root!r} holds no video files; {expected}.")
 
-    self.files: list[str] = []
-    self.frame_counts: list[int] = []
-    for relative in candidates:
-      try:
-        count = probe_video(os.path.join(root, relative))
-      except (VideoDecodeError, OSError) as e:
-        logging.warning("skipping unreadable video %s: %s", os.path.join(root, relative), e)
-        self.skipped_files += 1
-        continue
-      self.files.append(relative)
-      self.frame_counts.append(count)
-    if not self.files:
-      raise ValueError(f"video folder {root!r} has no readable video: all {len(candidates)} "
-                       f"files failed to decode; {expected}.")
+        self.files: list[str] = []
+        self.frame_counts: list[int] = []
+        for relative in candidates:
+            try:
+                count = probe_video(os.path.join(root, relative))
+            except (VideoDecodeError, OSError) as e:
+                logging.warning("skipping unreadable video %s: %s", os.path.join(root, relative), e)
+                self.skipped_files += 1
+                continue
+            self.files.append(relative)
+            self.frame_counts.append(count)
+        if not self.files:
+            raise ValueError(
+                f"video folder {root!r} has no readable video: all {len(candidates)} "
+                f"files failed to decode; {expected}."
+            )
 
-    if annotations is not None:
-      self.labels = [annotations[f][0] for f in self.files]
-      self.captions = [annotations[f][1] for f in self.files]
-    else:
-      directories = sorted({os.path.dirname(f) for f in self.files})
-      self.labels = [directories.index(os.path.dirname(f)) for f in self.files]
-      self.captions = [""] * len(self.files)
-    self.num_examples = len(self.files) if num_examples is None else int(num_examples)
-
-  def __len__(self) -> int:
-    return self.num_examples
-
-  def _read(self, file_index: int, rng: np.random.Generator | None) -> np.ndarray:
-    count = self.frame_counts[file_index]
-    start = transforms.sample_clip_start(
-        count, transforms.clip_span(self.num_frames, self.frame_stride), rng)
-    indices = transforms.clip_frame_indices(start, self.num_frames, self.frame_stride, count)
-    # Short side resized during decoding, so only the square crop is left.
-    clip = read_frames(os.path.join(self.root, self.files[file_index]), indices,
-                       short_side=self.resolution)
-    return transforms.crop_and_resize(clip, self.resolution, rng)
-
-  def __getitem__(self, index: int) -> dict:
-    if not 0 <= index < self.num_examples:
-      raise IndexError(f"index {index} out of range for {self.num_examples} examples")
-    file_index = index % len(self.files)
-    for _ in range(len(self.files)):
-      if file_index not in self._bad:
-        rng = (np.random.default_rng((self.seed, int(index)))
-               if self.split == "train" else None)
-        try:
-          video = self._read(file_index, rng)
-        except (VideoDecodeError, OSError) as e:
-          with self._lock:
-            if file_index not in self._bad:
-              self._bad.add(file_index)
-              self.skipped_files += 1
-          logging.warning("video %s failed to decode (%s); using the next readable file.",
-                          os.path.join(self.root, self.files[file_index]), e)
+        if annotations is not None:
+            self.labels = [annotations[f][0] for f in self.files]
+            self.captions = [annotations[f][1] for f in self.files]
         else:
-          return {"video": video, "label": np.int32(self.labels[file_index]),
-                  "caption": self.captions[file_index]}
-      file_index = (file_index + 1) % len(self.files)
-    raise ValueError(f"no video under {self.root!r} can be decoded any more; "
-                     f"{self.skipped_files} files failed.")
+            directories = sorted({os.path.dirname(f) for f in self.files})
+            self.labels = [directories.index(os.path.dirname(f)) for f in self.files]
+            self.captions = [""] * len(self.files)
+        self.num_examples = len(self.files) if num_examples is None else int(num_examples)
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def _read(self, file_index: int, rng: np.random.Generator | None) -> np.ndarray:
+        count = self.frame_counts[file_index]
+        start = transforms.sample_clip_start(
+            count, transforms.clip_span(self.num_frames, self.frame_stride), rng
+        )
+        indices = transforms.clip_frame_indices(start, self.num_frames, self.frame_stride, count)
+        # Short side resized during decoding, so only the square crop is left.
+        clip = read_frames(
+            os.path.join(self.root, self.files[file_index]), indices, short_side=self.resolution
+        )
+        return transforms.crop_and_resize(clip, self.resolution, rng)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.num_examples:
+            raise IndexError(f"index {index} out of range for {self.num_examples} examples")
+        file_index = index % len(self.files)
+        for _ in range(len(self.files)):
+            if file_index not in self._bad:
+                rng = (
+                    np.random.default_rng((self.seed, int(index)))
+                    if self.split == "train"
+                    else None
+                )
+                try:
+                    video = self._read(file_index, rng)
+                except (VideoDecodeError, OSError) as e:
+                    with self._lock:
+                        if file_index not in self._bad:
+                            self._bad.add(file_index)
+                            self.skipped_files += 1
+                    logging.warning(
+                        "video %s failed to decode (%s); using the next readable file.",
+                        os.path.join(self.root, self.files[file_index]),
+                        e,
+                    )
+                else:
+                    return {
+                        "video": video,
+                        "label": np.int32(self.labels[file_index]),
+                        "caption": self.captions[file_index],
+                    }
+            file_index = (file_index + 1) % len(self.files)
+        raise ValueError(
+            f"no video under {self.root!r} can be decoded any more; "
+            f"{self.skipped_files} files failed."
+        )

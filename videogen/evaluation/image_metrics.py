@@ -39,13 +39,10 @@ def _as_frames(
     a = jnp.asarray(a)
     b = jnp.asarray(b)
     if a.shape != b.shape:
-        raise ValueError(
-            f"{name}: inputs must have the same shape, got {a.shape} and {b.shape}."
-        )
+        raise ValueError(f"{name}: inputs must have the same shape, got {a.shape} and {b.shape}.")
     if a.ndim not in (4, 5):
         raise ValueError(
-            f"{name}: expected images [B, H, W, C] or videos [B, T, H, W, C], "
-            f"got shape {a.shape}."
+            f"{name}: expected images [B, H, W, C] or videos [B, T, H, W, C], got shape {a.shape}."
         )
     batch = a.shape[0]
     h, w, c = a.shape[-3:]
@@ -83,7 +80,9 @@ def _gaussian_window(size: int, sigma: float) -> Float[Array, "size"]:
     return g / jnp.sum(g)
 
 
-def _filter_valid(x: Float[Array, "n h w k"], window: Float[Array, "s"]) -> Float[Array, "n h2 w2 k"]:
+def _filter_valid(
+    x: Float[Array, "n h w k"], window: Float[Array, "s"]
+) -> Float[Array, "n h2 w2 k"]:
     """Depthwise 'valid' filtering with the separable 2-D window (rows, then columns)."""
     channels = x.shape[-1]
     size = window.shape[0]
@@ -93,12 +92,22 @@ def _filter_valid(x: Float[Array, "n h w k"], window: Float[Array, "s"]) -> Floa
     kernel_h = jnp.broadcast_to(window.reshape(size, 1, 1, 1), (size, 1, 1, channels))
     kernel_w = jnp.broadcast_to(window.reshape(1, size, 1, 1), (1, size, 1, channels))
     x = jax.lax.conv_general_dilated(
-        x, kernel_h, (1, 1), "VALID", dimension_numbers=dims,
-        feature_group_count=channels, precision=precision,
+        x,
+        kernel_h,
+        (1, 1),
+        "VALID",
+        dimension_numbers=dims,
+        feature_group_count=channels,
+        precision=precision,
     )
     return jax.lax.conv_general_dilated(
-        x, kernel_w, (1, 1), "VALID", dimension_numbers=dims,
-        feature_group_count=channels, precision=precision,
+        x,
+        kernel_w,
+        (1, 1),
+        "VALID",
+        dimension_numbers=dims,
+        feature_group_count=channels,
+        precision=precision,
     )
 
 

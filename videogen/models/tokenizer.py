@@ -34,9 +34,7 @@ from videogen.models.layers import (
 from videogen.models.quantizers import LFQ
 
 
-def _res_stack(
-    in_channels: int, out_channels: int, count: int, **kwargs
-) -> nnx.List[ResBlock3d]:
+def _res_stack(in_channels: int, out_channels: int, count: int, **kwargs) -> nnx.List[ResBlock3d]:
     """``count`` residual blocks; the first changes the width."""
     return nnx.List(
         [

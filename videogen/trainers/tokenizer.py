@@ -5,6 +5,7 @@ with explicit shardings over the config's mesh and a donated state. Losses in
 this version: reconstruction (L2), LFQ commitment and the annealed LFQ entropy
 penalty. Evaluation reconstructs held-out clips with the EMA parameters.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,301 +34,393 @@ from videogen.trainers import loop
 
 # Recipe losses that exist as config entries but that this trainer does not
 # compute yet (GAN, perceptual, R1, LeCAM). They are reported, never faked.
-_NOT_YET_TRAINED = ("generator_adversarial_weight", "perceptual_weight", "lecam_weight",
-                    "discriminator_r1_cost")
+_NOT_YET_TRAINED = (
+    "generator_adversarial_weight",
+    "perceptual_weight",
+    "lecam_weight",
+    "discriminator_r1_cost",
+)
 
 
 class TrainState(nnx.Module):
-  """Everything a tokenizer run checkpoints: model, its EMA, optimizer (with step)."""
+    """Everything a tokenizer run checkpoints: model, its EMA, optimizer (with step)."""
 
-  def __init__(self, model: nnx.Module, tx: optax.GradientTransformation):
-    self.model = model
-    self.ema_model = nnx.clone(model)
-    self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    def __init__(self, model: nnx.Module, tx: optax.GradientTransformation):
+        self.model = model
+        self.ema_model = nnx.clone(model)
+        self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
 def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
-  """The tokenizer class named by `config.model_class` in videogen.models.tokenizer."""
-  cls = getattr(tokenizer_models, config.model_class, None)
-  if cls is None:
-    raise ValueError(f"config.model_class={config.model_class!r} is not defined in "
-                     "videogen/models/tokenizer.py.")
-  # The 'rbg' PRNG compiles the initialiser several times faster than threefry on CPU.
-  return cls(**config.model.to_dict(), rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")))
+    """The tokenizer class named by `config.model_class` in videogen.models.tokenizer."""
+    cls = getattr(tokenizer_models, config.model_class, None)
+    if cls is None:
+        raise ValueError(
+            f"config.model_class={config.model_class!r} is not defined in "
+            "videogen/models/tokenizer.py."
+        )
+    # The 'rbg' PRNG compiles the initialiser several times faster than threefry on CPU.
+    return cls(**config.model.to_dict(), rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")))
 
 
 def to_float(video: UInt8[Array, "b t h w c"]) -> Float[Array, "b t h w c"]:
-  """uint8 [0, 255] -> float32 [-1, 1]; done on device so the host ships bytes."""
-  return video.astype(jnp.float32) / 127.5 - 1.0
+    """uint8 [0, 255] -> float32 [-1, 1]; done on device so the host ships bytes."""
+    return video.astype(jnp.float32) / 127.5 - 1.0
 
 
 def entropy_weight_at(step: jax.Array, loss: ml_collections.ConfigDict) -> jax.Array:
-  """Thesis 5.4.1: starts at `factor` x weight and decays linearly to weight in `anneal_steps`."""
-  progress = jnp.clip(jnp.asarray(step, jnp.float32) / max(loss.entropy_anneal_steps, 1), 0.0, 1.0)
-  return loss.entropy_weight * (loss.entropy_anneal_factor + (1.0 - loss.entropy_anneal_factor) * progress)
+    """Thesis 5.4.1: starts at `factor` x weight and decays linearly to weight in `anneal_steps`."""
+    progress = jnp.clip(
+        jnp.asarray(step, jnp.float32) / max(loss.entropy_anneal_steps, 1), 0.0, 1.0
+    )
+    return loss.entropy_weight * (
+        loss.entropy_anneal_factor + (1.0 - loss.entropy_anneal_factor) * progress
+    )
 
 
-def compute_losses(model: nnx.Module, video: Float[Array, "b t h w c"], step: jax.Array,
-                   loss: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
-  reconstruction, aux = model(video)
-  reconstruction_loss = jnp.mean(jnp.square(reconstruction.astype(jnp.float32) - video))
-  entropy_loss = aux["per_sample_entropy"] - aux["codebook_entropy"]
-  entropy_weight = entropy_weight_at(step, loss)
-  total = (loss.reconstruction_weight * reconstruction_loss
-           + loss.commitment_weight * aux["commitment_loss"]
-           + entropy_weight * entropy_loss)
-  metrics = {
-      "loss": total,
-      "reconstruction_loss": reconstruction_loss,
-      "commitment_loss": aux["commitment_loss"],
-      "entropy_loss": entropy_loss,
-      "per_sample_entropy": aux["per_sample_entropy"],
-      "codebook_entropy": aux["codebook_entropy"],
-      "entropy_weight": entropy_weight,
-      "codebook_usage": aux["codebook_usage"],
-      "bit_entropy": aux["bit_entropy"],
-      "train_psnr": jnp.mean(image_metrics.psnr((reconstruction + 1) / 2, (video + 1) / 2,
-                                                max_value=1.0)),
-  }
-  return total, metrics
+def compute_losses(
+    model: nnx.Module,
+    video: Float[Array, "b t h w c"],
+    step: jax.Array,
+    loss: ml_collections.ConfigDict,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    reconstruction, aux = model(video)
+    reconstruction_loss = jnp.mean(jnp.square(reconstruction.astype(jnp.float32) - video))
+    entropy_loss = aux["per_sample_entropy"] - aux["codebook_entropy"]
+    entropy_weight = entropy_weight_at(step, loss)
+    total = (
+        loss.reconstruction_weight * reconstruction_loss
+        + loss.commitment_weight * aux["commitment_loss"]
+        + entropy_weight * entropy_loss
+    )
+    metrics = {
+        "loss": total,
+        "reconstruction_loss": reconstruction_loss,
+        "commitment_loss": aux["commitment_loss"],
+        "entropy_loss": entropy_loss,
+        "per_sample_entropy": aux["per_sample_entropy"],
+        "codebook_entropy": aux["codebook_entropy"],
+        "entropy_weight": entropy_weight,
+        "codebook_usage": aux["codebook_usage"],
+        "bit_entropy": aux["bit_entropy"],
+        "train_psnr": jnp.mean(
+            image_metrics.psnr((reconstruction + 1) / 2, (video + 1) / 2, max_value=1.0)
+        ),
+    }
+    return total, metrics
 
 
-def train_step(graphdef: nnx.GraphDef, loss_config: ml_collections.ConfigDict, ema_decay: float,
-               schedule: optax.Schedule, state: nnx.State,
-               batch: dict[str, jax.Array]) -> tuple[nnx.State, dict[str, jax.Array]]:
-  """One optimizer step on a global batch; pure in (state, batch)."""
-  train_state = nnx.merge(graphdef, state)
-  step = train_state.optimizer.step[...]
-  video = to_float(batch["video"])
-  grad_fn = nnx.grad(lambda m: compute_losses(m, video, step, loss_config), has_aux=True)
-  grads, metrics = grad_fn(train_state.model)
-  train_state.optimizer.update(train_state.model, grads)
-  decay = optim.ema_decay_at(step, ema_decay)
-  params = nnx.state(train_state.model, nnx.Param)
-  ema_params = nnx.state(train_state.ema_model, nnx.Param)
-  nnx.update(train_state.ema_model, optim.ema_update(ema_params, params, decay))
-  metrics["grad_norm"] = optax.tree.norm(grads)
-  metrics["learning_rate"] = schedule(step)
-  return nnx.state(train_state), metrics
+def train_step(
+    graphdef: nnx.GraphDef,
+    loss_config: ml_collections.ConfigDict,
+    ema_decay: float,
+    schedule: optax.Schedule,
+    state: nnx.State,
+    batch: dict[str, jax.Array],
+) -> tuple[nnx.State, dict[str, jax.Array]]:
+    """One optimizer step on a global batch; pure in (state, batch)."""
+    train_state = nnx.merge(graphdef, state)
+    step = train_state.optimizer.step[...]
+    video = to_float(batch["video"])
+    grad_fn = nnx.grad(lambda m: compute_losses(m, video, step, loss_config), has_aux=True)
+    grads, metrics = grad_fn(train_state.model)
+    train_state.optimizer.update(train_state.model, grads)
+    decay = optim.ema_decay_at(step, ema_decay)
+    params = nnx.state(train_state.model, nnx.Param)
+    ema_params = nnx.state(train_state.ema_model, nnx.Param)
+    nnx.update(train_state.ema_model, optim.ema_update(ema_params, params, decay))
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["learning_rate"] = schedule(step)
+    return nnx.state(train_state), metrics
 
 
-def reconstruct(graphdef: nnx.GraphDef, state: nnx.State,
-                video: UInt8[Array, "b t h w c"]) -> dict[str, jax.Array]:
-  """EMA reconstructions and their per-example metrics (videos in [0, 1])."""
-  model = nnx.merge(graphdef, state).ema_model
-  target = to_float(video)
-  reconstruction, _ = model(target)
-  target01, recon01 = (target + 1) / 2, jnp.clip((reconstruction + 1) / 2, 0.0, 1.0)
-  baseline01 = latent_resolution_baseline(target01, model.latent_shape(*video.shape[1:4]))
-  return {
-      "reconstruction": recon01,
-      "psnr": image_metrics.psnr(recon01, target01, max_value=1.0),
-      "ssim": image_metrics.ssim(recon01, target01, max_value=1.0),
-      "baseline_psnr": image_metrics.psnr(baseline01, target01, max_value=1.0),
-  }
+def reconstruct(
+    graphdef: nnx.GraphDef, state: nnx.State, video: UInt8[Array, "b t h w c"]
+) -> dict[str, jax.Array]:
+    """EMA reconstructions and their per-example metrics (videos in [0, 1])."""
+    model = nnx.merge(graphdef, state).ema_model
+    target = to_float(video)
+    reconstruction, _ = model(target)
+    target01, recon01 = (target + 1) / 2, jnp.clip((reconstruction + 1) / 2, 0.0, 1.0)
+    baseline01 = latent_resolution_baseline(target01, model.latent_shape(*video.shape[1:4]))
+    return {
+        "reconstruction": recon01,
+        "psnr": image_metrics.psnr(recon01, target01, max_value=1.0),
+        "ssim": image_metrics.ssim(recon01, target01, max_value=1.0),
+        "baseline_psnr": image_metrics.psnr(baseline01, target01, max_value=1.0),
+    }
 
 
-def latent_resolution_baseline(video: Float[Array, "b t h w c"],
-                               latent_shape: tuple[int, int, int]) -> Float[Array, "b t h w c"]:
-  """The clip down-sampled to the latent grid (antialiased) and linearly up-sampled back.
+def latent_resolution_baseline(
+    video: Float[Array, "b t h w c"], latent_shape: tuple[int, int, int]
+) -> Float[Array, "b t h w c"]:
+    """The clip down-sampled to the latent grid (antialiased) and linearly up-sampled back.
 
-  A tokenizer that is worth its tokens must beat this, which keeps exactly as
-  many spatio-temporal positions as the latent grid (with 3 float channels).
-  """
-  b, _, _, _, c = video.shape
-  small = jax.image.resize(video, (b, *latent_shape, c), method="linear", antialias=True)
-  return jax.image.resize(small, video.shape, method="linear", antialias=False)
+    A tokenizer that is worth its tokens must beat this, which keeps exactly as
+    many spatio-temporal positions as the latent grid (with 3 float channels).
+    """
+    b, _, _, _, c = video.shape
+    small = jax.image.resize(video, (b, *latent_shape, c), method="linear", antialias=True)
+    return jax.image.resize(small, video.shape, method="linear", antialias=False)
 
 
 def _data_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return dict(num_frames=config.data.num_frames, resolution=config.data.resolution,
-              frame_stride=config.data.frame_stride, seed=config.seed)
+    return dict(
+        num_frames=config.data.num_frames,
+        resolution=config.data.resolution,
+        frame_stride=config.data.frame_stride,
+        seed=config.seed,
+    )
 
 
 def make_train_source(config: ml_collections.ConfigDict):
-  """The training source; `data.name` may mix sources with "+" (equal shares)."""
-  names = [n.strip() for n in config.data.name.split("+")]
-  try:
-    sources = [pipeline.make_source(n, "train", path=config.data.path or None,
-                                    **_data_kwargs(config)) for n in names]
-  except (ValueError, FileNotFoundError) as e:
-    if not config.data.missing_hint:
-      raise
-    raise type(e)(f"{e}\n{config.data.missing_hint}") from e
-  return sources[0] if len(sources) == 1 else mixture.MixtureSource(sources)
+    """The training source; `data.name` may mix sources with "+" (equal shares)."""
+    names = [n.strip() for n in config.data.name.split("+")]
+    try:
+        sources = [
+            pipeline.make_source(n, "train", path=config.data.path or None, **_data_kwargs(config))
+            for n in names
+        ]
+    except (ValueError, FileNotFoundError) as e:
+        if not config.data.missing_hint:
+            raise
+        raise type(e)(f"{e}\n{config.data.missing_hint}") from e
+    return sources[0] if len(sources) == 1 else mixture.MixtureSource(sources)
 
 
 class Evaluator:
-  """Held-out reconstruction metrics of the EMA model on each `config.eval.datasets`."""
+    """Held-out reconstruction metrics of the EMA model on each `config.eval.datasets`."""
 
-  def __init__(self, config: ml_collections.ConfigDict, graphdef, state_shardings, mesh, workdir):
-    self.config, self.mesh, self.workdir = config, mesh, workdir
-    self.datasets = [n.strip() for n in config.eval.datasets.split(",") if n.strip()]
-    self.sources = {
-        name: pipeline.make_source(name, "eval", path=config.data.path or None,
-                                   num_examples=config.eval.num_examples, **_data_kwargs(config))
-        for name in self.datasets}
-    self._reconstruct = jax.jit(
-        functools.partial(reconstruct, graphdef),
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh)))
+    def __init__(self, config: ml_collections.ConfigDict, graphdef, state_shardings, mesh, workdir):
+        self.config, self.mesh, self.workdir = config, mesh, workdir
+        self.datasets = [n.strip() for n in config.eval.datasets.split(",") if n.strip()]
+        self.sources = {
+            name: pipeline.make_source(
+                name,
+                "eval",
+                path=config.data.path or None,
+                num_examples=config.eval.num_examples,
+                **_data_kwargs(config),
+            )
+            for name in self.datasets
+        }
+        self._reconstruct = jax.jit(
+            functools.partial(reconstruct, graphdef),
+            in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        )
 
-  def __call__(self, state: nnx.State, step: int, writer) -> dict[str, float]:
-    results = {}
-    for name, source in self.sources.items():
-      iterator = pipeline.make_iterator(
-          source, global_batch_size=self.config.eval.batch_size, shuffle=False, seed=0,
-          num_epochs=1, process_index=jax.process_index(), process_count=jax.process_count())
-      totals, count, grid = {}, 0, None
-      for batch in iterator:
-        out = self._reconstruct(state, sharding.shard_batch({"video": batch["video"]}, self.mesh)["video"])
-        for key in ("psnr", "ssim", "baseline_psnr"):
-          totals[key] = totals.get(key, 0.0) + float(jnp.sum(out[key]))
-        count += out["psnr"].shape[0]
-        if grid is None and jax.process_index() == 0:
-          recon = np.asarray(jax.device_get(out["reconstruction"]))
-          grid = video_grid.make_grid([np.asarray(batch["video"]), video_grid.to_uint8(recon * 2 - 1)],
-                                      max_examples=self.config.eval.grid_examples)
-      if count == 0:
-        raise ValueError(f"eval dataset {name!r} yielded no full batch of "
-                         f"{self.config.eval.batch_size}; lower config.eval.batch_size.")
-      for key, total in totals.items():
-        results[f"eval/{name}/{key}"] = total / count
-      results[f"eval/{name}/psnr_gain_over_baseline"] = (
-          results[f"eval/{name}/psnr"] - results[f"eval/{name}/baseline_psnr"])
-      if grid is not None:
-        self._write_grid(f"{name}_step{step:07d}", grid)
-        # TensorBoard shows the first and last frame of the grid (input row above reconstruction).
-        writer.write_images(step, {f"eval/{name}/grid": np.stack([grid[0], grid[-1]])})
-    writer.write_scalars(step, results)
-    if jax.process_index() == 0:
-      (epath.Path(self.workdir) / f"eval_step{step:07d}.json").write_text(
-          json.dumps(results, indent=2, sort_keys=True))
-    return results
+    def __call__(self, state: nnx.State, step: int, writer) -> dict[str, float]:
+        results = {}
+        for name, source in self.sources.items():
+            iterator = pipeline.make_iterator(
+                source,
+                global_batch_size=self.config.eval.batch_size,
+                shuffle=False,
+                seed=0,
+                num_epochs=1,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+            totals, count, grid = {}, 0, None
+            for batch in iterator:
+                out = self._reconstruct(
+                    state, sharding.shard_batch({"video": batch["video"]}, self.mesh)["video"]
+                )
+                for key in ("psnr", "ssim", "baseline_psnr"):
+                    totals[key] = totals.get(key, 0.0) + float(jnp.sum(out[key]))
+                count += out["psnr"].shape[0]
+                if grid is None and jax.process_index() == 0:
+                    recon = np.asarray(jax.device_get(out["reconstruction"]))
+                    grid = video_grid.make_grid(
+                        [np.asarray(batch["video"]), video_grid.to_uint8(recon * 2 - 1)],
+                        max_examples=self.config.eval.grid_examples,
+                    )
+            if count == 0:
+                raise ValueError(
+                    f"eval dataset {name!r} yielded no full batch of "
+                    f"{self.config.eval.batch_size}; lower config.eval.batch_size."
+                )
+            for key, total in totals.items():
+                results[f"eval/{name}/{key}"] = total / count
+            results[f"eval/{name}/psnr_gain_over_baseline"] = (
+                results[f"eval/{name}/psnr"] - results[f"eval/{name}/baseline_psnr"]
+            )
+            if grid is not None:
+                self._write_grid(f"{name}_step{step:07d}", grid)
+                # TensorBoard shows the first and last frame of the grid (input row above reconstruction).
+                writer.write_images(step, {f"eval/{name}/grid": np.stack([grid[0], grid[-1]])})
+        writer.write_scalars(step, results)
+        if jax.process_index() == 0:
+            (epath.Path(self.workdir) / f"eval_step{step:07d}.json").write_text(
+                json.dumps(results, indent=2, sort_keys=True)
+            )
+        return results
 
-  def _write_grid(self, stem: str, grid: np.ndarray) -> None:
-    """GIF + MP4 under <workdir>/samples; encoded locally, then copied (workdir may be gs://)."""
-    samples = epath.Path(self.workdir) / "samples"
-    samples.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-      for suffix, write in ((".gif", video_grid.write_gif), (".mp4", video_grid.write_mp4)):
-        local = write(os.path.join(tmp, stem + suffix), grid, fps=self.config.eval.fps)
-        (samples / (stem + suffix)).write_bytes(epath.Path(local).read_bytes())
+    def _write_grid(self, stem: str, grid: np.ndarray) -> None:
+        """GIF + MP4 under <workdir>/samples; encoded locally, then copied (workdir may be gs://)."""
+        samples = epath.Path(self.workdir) / "samples"
+        samples.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            for suffix, write in ((".gif", video_grid.write_gif), (".mp4", video_grid.write_mp4)):
+                local = write(os.path.join(tmp, stem + suffix), grid, fps=self.config.eval.fps)
+                (samples / (stem + suffix)).write_bytes(epath.Path(local).read_bytes())
 
 
 def _warn_untrained_losses(loss: ml_collections.ConfigDict) -> None:
-  missing = [f"{k}={loss[k]}" for k in _NOT_YET_TRAINED if loss[k]]
-  if missing:
-    logging.warning("The tokenizer recipe lists losses this trainer does not compute yet "
-                    "(adversarial, perceptual, R1, LeCAM: %s); training uses reconstruction + LFQ "
-                    "losses only.", ", ".join(missing))
+    missing = [f"{k}={loss[k]}" for k in _NOT_YET_TRAINED if loss[k]]
+    if missing:
+        logging.warning(
+            "The tokenizer recipe lists losses this trainer does not compute yet "
+            "(adversarial, perceptual, R1, LeCAM: %s); training uses reconstruction + LFQ "
+            "losses only.",
+            ", ".join(missing),
+        )
 
 
 @dataclasses.dataclass
 class RunResult:
-  step: int
-  state: nnx.State
-  train_metrics: dict[str, float]  # at the last logged step of this run
-  history: list[dict[str, float]]  # every logged step of this run, with its "step"
-  eval_metrics: dict[str, float]  # of the last evaluation of this run, if any
+    step: int
+    state: nnx.State
+    train_metrics: dict[str, float]  # at the last logged step of this run
+    history: list[dict[str, float]]  # every logged step of this run, with its "step"
+    eval_metrics: dict[str, float]  # of the last evaluation of this run, if any
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_at_step: int | None = None) -> RunResult:
-  """Trains (resuming from `workdir`) until `config.num_train_steps`, then evaluates.
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None
+) -> RunResult:
+    """Trains (resuming from `workdir`) until `config.num_train_steps`, then evaluates.
 
-  `stop_at_step` ends this run early, after saving, as a preemption would.
-  """
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  _warn_untrained_losses(config.loss)
-  mesh = sharding.make_mesh(config.mesh.shape)
-  if config.batch_size % sharding.data_parallel_size(mesh):
-    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the mesh's "
-                     f"data-parallel size {sharding.data_parallel_size(mesh)} (data x fsdp).")
-  train_source = make_train_source(config)
-  train_iter = pipeline.make_iterator(
-      train_source, global_batch_size=config.batch_size, shuffle=True, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      worker_count=config.data.worker_count)
+    `stop_at_step` ends this run early, after saving, as a preemption would.
+    """
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    _warn_untrained_losses(config.loss)
+    mesh = sharding.make_mesh(config.mesh.shape)
+    if config.batch_size % sharding.data_parallel_size(mesh):
+        raise ValueError(
+            f"config.batch_size={config.batch_size} must be divisible by the mesh's "
+            f"data-parallel size {sharding.data_parallel_size(mesh)} (data x fsdp)."
+        )
+    train_source = make_train_source(config)
+    train_iter = pipeline.make_iterator(
+        train_source,
+        global_batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        worker_count=config.data.worker_count,
+    )
 
-  schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  checkpointer = checkpoint.Checkpointer(
-      workdir, max_to_keep=config.checkpoint.keep, save_interval_steps=config.checkpoint.every_steps,
-      async_save=config.checkpoint.async_save)
-  graphdef, state, state_shardings, step = loop.create_or_restore_state(
-      lambda: TrainState(build_model(config), tx), mesh, config.sharding_rules, checkpointer,
-      train_iter)
+    schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    checkpointer = checkpoint.Checkpointer(
+        workdir,
+        max_to_keep=config.checkpoint.keep,
+        save_interval_steps=config.checkpoint.every_steps,
+        async_save=config.checkpoint.async_save,
+    )
+    graphdef, state, state_shardings, step = loop.create_or_restore_state(
+        lambda: TrainState(build_model(config), tx),
+        mesh,
+        config.sharding_rules,
+        checkpointer,
+        train_iter,
+    )
 
-  step_fn = jax.jit(
-      functools.partial(train_step, graphdef, config.loss, config.ema_decay, schedule),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
-  evaluator = Evaluator(config, graphdef, state_shardings, mesh, workdir)
-  writer = loop.create_writer(workdir)
-  if step == 0:
-    loop.write_hparams(writer, config)
-    parameter_overview.log_parameter_overview(
-        nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state).model, nnx.Param)))
-  progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
-                                             every_steps=config.log_every_steps)
-  end = config.num_train_steps if stop_at_step is None else min(stop_at_step, config.num_train_steps)
-  eval_metrics: dict[str, float] = {}
-  values: dict[str, float] = {}
-  history: list[dict[str, float]] = []
-  with checkpoint.PreemptionGuard() as guard:
-    while step < end:
-      batch = sharding.shard_batch({"video": next(train_iter)["video"]}, mesh)
-      state, metrics = step_fn(state, batch)
-      step += 1
-      progress(step)
-      must_save = step % config.checkpoint.every_steps == 0 or step == end
-      stop = guard.should_stop(step)
-      if step % config.log_every_steps == 0 or must_save or stop:
-        values = loop.scalars(metrics)
-        loop.check_finite(values, step)
-        values["data/skipped_files"] = float(train_source.skipped_files)
-        writer.write_scalars(step, values)
-        history.append({"step": step, **values})
-      if config.eval.every_steps and step % config.eval.every_steps == 0 and step < end:
+    step_fn = jax.jit(
+        functools.partial(train_step, graphdef, config.loss, config.ema_decay, schedule),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    evaluator = Evaluator(config, graphdef, state_shardings, mesh, workdir)
+    writer = loop.create_writer(workdir)
+    if step == 0:
+        loop.write_hparams(writer, config)
+        parameter_overview.log_parameter_overview(
+            nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state).model, nnx.Param))
+        )
+    progress = periodic_actions.ReportProgress(
+        num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
+    )
+    end = (
+        config.num_train_steps
+        if stop_at_step is None
+        else min(stop_at_step, config.num_train_steps)
+    )
+    eval_metrics: dict[str, float] = {}
+    values: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    with checkpoint.PreemptionGuard() as guard:
+        while step < end:
+            batch = sharding.shard_batch({"video": next(train_iter)["video"]}, mesh)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            progress(step)
+            must_save = step % config.checkpoint.every_steps == 0 or step == end
+            stop = guard.should_stop(step)
+            if step % config.log_every_steps == 0 or must_save or stop:
+                values = loop.scalars(metrics)
+                loop.check_finite(values, step)
+                values["data/skipped_files"] = float(train_source.skipped_files)
+                writer.write_scalars(step, values)
+                history.append({"step": step, **values})
+            if config.eval.every_steps and step % config.eval.every_steps == 0 and step < end:
+                eval_metrics = evaluator(state, step, writer)
+            checkpointer.save(step, state, train_iter, config, force=stop or step == end)
+            if stop:
+                logging.warning(
+                    "Stopped at step %d on SIGTERM; checkpoint saved in %s.",
+                    step,
+                    checkpointer.directory,
+                )
+                break
+    checkpointer.wait_until_finished()
+    if step == config.num_train_steps and config.eval.at_end:
         eval_metrics = evaluator(state, step, writer)
-      checkpointer.save(step, state, train_iter, config, force=stop or step == end)
-      if stop:
-        logging.warning("Stopped at step %d on SIGTERM; checkpoint saved in %s.", step,
-                        checkpointer.directory)
-        break
-  checkpointer.wait_until_finished()
-  if step == config.num_train_steps and config.eval.at_end:
-    eval_metrics = evaluator(state, step, writer)
-    logging.info("Final evaluation at step %d: %s", step, json.dumps(eval_metrics, indent=1))
-  writer.flush()
-  checkpointer.close()
-  if jax.process_index() == 0:
-    print(f"videogen: step {step}/{config.num_train_steps}. Outputs in {os.path.abspath(workdir)}: "
-          "checkpoints/, samples/ (input | reconstruction grids, GIF and MP4), eval_step*.json, "
-          f"TensorBoard events (tensorboard --logdir {workdir}).")
-    for key, value in sorted(eval_metrics.items()):
-      print(f"  {key} = {value:.4f}")
-  return RunResult(step, state, values, history, eval_metrics)
+        logging.info("Final evaluation at step %d: %s", step, json.dumps(eval_metrics, indent=1))
+    writer.flush()
+    checkpointer.close()
+    if jax.process_index() == 0:
+        print(
+            f"videogen: step {step}/{config.num_train_steps}. Outputs in {os.path.abspath(workdir)}: "
+            "checkpoints/, samples/ (input | reconstruction grids, GIF and MP4), eval_step*.json, "
+            f"TensorBoard events (tensorboard --logdir {workdir})."
+        )
+        for key, value in sorted(eval_metrics.items()):
+            print(f"  {key} = {value:.4f}")
+    return RunResult(step, state, values, history, eval_metrics)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """`--mode=eval`: reconstruction metrics of the latest checkpoint in `workdir`."""
-  mesh = sharding.make_mesh(config.mesh.shape)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=config.checkpoint.keep,
-                                         save_interval_steps=1, async_save=False)
-  if checkpointer.latest_step() is None:
-    raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}; train first with "
-                            "--mode=train and the same --workdir.")
-  train_iter = pipeline.make_iterator(make_train_source(config), global_batch_size=config.batch_size,
-                                      shuffle=True, seed=config.seed,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
-  graphdef, state, state_shardings, step = loop.create_or_restore_state(
-      lambda: TrainState(build_model(config), tx), mesh, config.sharding_rules, checkpointer,
-      train_iter)
-  writer = loop.create_writer(workdir)
-  metrics = Evaluator(config, graphdef, state_shardings, mesh, workdir)(state, step, writer)
-  writer.flush()
-  return metrics
+    """`--mode=eval`: reconstruction metrics of the latest checkpoint in `workdir`."""
+    mesh = sharding.make_mesh(config.mesh.shape)
+    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    checkpointer = checkpoint.Checkpointer(
+        workdir, max_to_keep=config.checkpoint.keep, save_interval_steps=1, async_save=False
+    )
+    if checkpointer.latest_step() is None:
+        raise FileNotFoundError(
+            f"No checkpoint in {checkpointer.directory}; train first with "
+            "--mode=train and the same --workdir."
+        )
+    train_iter = pipeline.make_iterator(
+        make_train_source(config),
+        global_batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    graphdef, state, state_shardings, step = loop.create_or_restore_state(
+        lambda: TrainState(build_model(config), tx),
+        mesh,
+        config.sharding_rules,
+        checkpointer,
+        train_iter,
+    )
+    writer = loop.create_writer(workdir)
+    metrics = Evaluator(config, graphdef, state_shardings, mesh, workdir)(state, step, writer)
+    writer.flush()
+    return metrics
