@@ -20,6 +20,7 @@ from test_config import ROOT, load_experiment
 TINY_OVERRIDES = {
     "data.name": "moving_digits",
     "data.path": "",
+    "eval.path": "",
     "data.missing_hint": "",
     "data.num_frames": 5,
     "data.resolution": 16,
@@ -135,7 +136,7 @@ def _cli(workdir, steps):
     flags = [
         f"--config.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
         for k, v in TINY_OVERRIDES.items()
-        if k not in ("num_train_steps", "data.path", "data.missing_hint")
+        if k not in ("num_train_steps", "data.path", "eval.path", "data.missing_hint")
     ]
     return [
         sys.executable,

@@ -136,6 +136,8 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(
         dict(
             datasets="video_folder",
+            # Folder/data_dir of the held-out split when it differs from data.path.
+            path="",
             num_examples=1024,
             batch_size=32,
             every_steps=10_000,

@@ -198,7 +198,7 @@ class Evaluator:
             name: pipeline.make_source(
                 name,
                 "eval",
-                path=config.data.path or None,
+                path=config.eval.path or config.data.path or None,
                 num_examples=config.eval.num_examples,
                 **_data_kwargs(config),
             )
