@@ -210,3 +210,15 @@ def test_sigterm_and_sigkill_resume_without_losing_steps(tmp_path):
     assert restart.returncode == 0, restart.stderr[-3000:]
     assert f"at step {killed}" in restart.stderr
     assert _latest_step(workdir) == killed + 2
+
+
+def test_eval_mode_reports_the_checkpoint_metrics(tmp_path, capsys):
+    """`--mode=eval` restores the latest checkpoint and evaluates it; no checkpoint is an error."""
+    config = tiny(load_experiment("quickstart").get_config())
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        videogen_main.run(config, str(tmp_path), mode="eval")
+    trained = videogen_main.run(config, str(tmp_path))
+    metrics = videogen_main.run(config, str(tmp_path), mode="eval")
+    assert trained.step == 2
+    assert 0.0 < metrics["eval/moving_digits/psnr"] < 100.0
+    assert "eval/moving_digits/psnr = " in capsys.readouterr().out

@@ -382,15 +382,21 @@ def train_and_evaluate(
         logging.info("Final evaluation at step %d: %s", step, json.dumps(eval_metrics, indent=1))
     writer.flush()
     checkpointer.close()
-    if jax.process_index() == 0:
-        print(
-            f"videogen: step {step}/{config.num_train_steps}. Outputs in {os.path.abspath(workdir)}: "
-            "checkpoints/, samples/ (input | reconstruction grids, GIF and MP4), eval_step*.json, "
-            f"TensorBoard events (tensorboard --logdir {workdir})."
-        )
-        for key, value in sorted(eval_metrics.items()):
-            print(f"  {key} = {value:.4f}")
+    _print_summary(config, workdir, step, eval_metrics)
     return RunResult(step, state, values, history, eval_metrics)
+
+
+def _print_summary(config, workdir: str, step: int, eval_metrics: dict[str, float]) -> None:
+    """Tells the user where the outputs are and what the last evaluation measured."""
+    if jax.process_index() != 0:
+        return
+    print(
+        f"videogen: step {step}/{config.num_train_steps}. Outputs in {os.path.abspath(workdir)}: "
+        "checkpoints/, samples/ (input | reconstruction grids, GIF and MP4), eval_step*.json, "
+        f"TensorBoard events (tensorboard --logdir {workdir})."
+    )
+    for key, value in sorted(eval_metrics.items()):
+        print(f"  {key} = {value:.4f}")
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -423,4 +429,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     writer = loop.create_writer(workdir)
     metrics = Evaluator(config, graphdef, state_shardings, mesh, workdir)(state, step, writer)
     writer.flush()
+    checkpointer.close()
+    _print_summary(config, workdir, step, metrics)
     return metrics
