@@ -277,6 +277,46 @@ def _warn_untrained_losses(loss: ml_collections.ConfigDict) -> None:
         )
 
 
+class _Run:
+    """What training and `--mode=eval` both set up: mesh, training data, checkpoints."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config = config
+        self.mesh = sharding.make_mesh(config.mesh.shape)
+        if config.batch_size % sharding.data_parallel_size(self.mesh):
+            raise ValueError(
+                f"config.batch_size={config.batch_size} must be divisible by the mesh's "
+                f"data-parallel size {sharding.data_parallel_size(self.mesh)} (data x fsdp)."
+            )
+        self.train_source = make_train_source(config)
+        self.train_iter = pipeline.make_iterator(
+            self.train_source,
+            global_batch_size=config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            worker_count=config.data.worker_count,
+        )
+        self.checkpointer = checkpoint.Checkpointer(
+            workdir,
+            max_to_keep=config.checkpoint.keep,
+            save_interval_steps=config.checkpoint.every_steps,
+            async_save=config.checkpoint.async_save,
+        )
+
+    def create_or_restore_state(self) -> tuple[nnx.GraphDef, nnx.State, nnx.State, int]:
+        """The sharded train state: fresh, or the workdir's latest checkpoint (data position too)."""
+        tx = optim.make_optimizer(self.config.optimizer, self.config.num_train_steps)
+        return loop.create_or_restore_state(
+            lambda: TrainState(build_model(self.config), tx),
+            self.mesh,
+            self.config.sharding_rules,
+            self.checkpointer,
+            self.train_iter,
+        )
+
+
 @dataclasses.dataclass
 class RunResult:
     step: int
@@ -295,38 +335,15 @@ def train_and_evaluate(
     """
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     _warn_untrained_losses(config.loss)
-    mesh = sharding.make_mesh(config.mesh.shape)
-    if config.batch_size % sharding.data_parallel_size(mesh):
-        raise ValueError(
-            f"config.batch_size={config.batch_size} must be divisible by the mesh's "
-            f"data-parallel size {sharding.data_parallel_size(mesh)} (data x fsdp)."
-        )
-    train_source = make_train_source(config)
-    train_iter = pipeline.make_iterator(
-        train_source,
-        global_batch_size=config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        worker_count=config.data.worker_count,
+    run = _Run(config, workdir)
+    mesh, train_source, train_iter, checkpointer = (
+        run.mesh,
+        run.train_source,
+        run.train_iter,
+        run.checkpointer,
     )
-
+    graphdef, state, state_shardings, step = run.create_or_restore_state()
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
-    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-    checkpointer = checkpoint.Checkpointer(
-        workdir,
-        max_to_keep=config.checkpoint.keep,
-        save_interval_steps=config.checkpoint.every_steps,
-        async_save=config.checkpoint.async_save,
-    )
-    graphdef, state, state_shardings, step = loop.create_or_restore_state(
-        lambda: TrainState(build_model(config), tx),
-        mesh,
-        config.sharding_rules,
-        checkpointer,
-        train_iter,
-    )
 
     step_fn = jax.jit(
         functools.partial(train_step, graphdef, config.loss, config.ema_decay, schedule),
@@ -401,34 +418,16 @@ def _print_summary(config, workdir: str, step: int, eval_metrics: dict[str, floa
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """`--mode=eval`: reconstruction metrics of the latest checkpoint in `workdir`."""
-    mesh = sharding.make_mesh(config.mesh.shape)
-    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-    checkpointer = checkpoint.Checkpointer(
-        workdir, max_to_keep=config.checkpoint.keep, save_interval_steps=1, async_save=False
-    )
-    if checkpointer.latest_step() is None:
+    run = _Run(config, workdir)
+    if run.checkpointer.latest_step() is None:
         raise FileNotFoundError(
-            f"No checkpoint in {checkpointer.directory}; train first with "
+            f"No checkpoint in {run.checkpointer.directory}; train first with "
             "--mode=train and the same --workdir."
         )
-    train_iter = pipeline.make_iterator(
-        make_train_source(config),
-        global_batch_size=config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    graphdef, state, state_shardings, step = loop.create_or_restore_state(
-        lambda: TrainState(build_model(config), tx),
-        mesh,
-        config.sharding_rules,
-        checkpointer,
-        train_iter,
-    )
+    graphdef, state, state_shardings, step = run.create_or_restore_state()
     writer = loop.create_writer(workdir)
-    metrics = Evaluator(config, graphdef, state_shardings, mesh, workdir)(state, step, writer)
+    metrics = Evaluator(config, graphdef, state_shardings, run.mesh, workdir)(state, step, writer)
     writer.flush()
-    checkpointer.close()
+    run.checkpointer.close()
     _print_summary(config, workdir, step, metrics)
     return metrics
