@@ -49,5 +49,6 @@ def get_config(arg: str | None = None):
         c.eval.num_examples = 16
         c.eval.batch_size = 4
         c.eval.every_steps = 0
+        c.eval.frechet.update(num_samples=16, num_frames=9, resolution=32)
     c.lock()
     return c

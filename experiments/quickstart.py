@@ -9,6 +9,7 @@ Finishes in under 20 minutes on 2 CPU cores. `steps=N` changes the length.
 """
 
 from videogen import config as config_lib
+from videogen.evaluation import evaluator
 
 
 def get_config(arg: str | None = None):
@@ -38,5 +39,6 @@ def get_config(arg: str | None = None):
     c.eval.num_examples = 64
     c.eval.batch_size = 8
     c.eval.every_steps = 800
+    c.eval.frechet = evaluator.protocol_config("quickstart", num_samples=64)
     c.lock()
     return c

@@ -1,6 +1,7 @@
 """The tokenizer trainer end to end on tiny configs: resume, sharding, configs, errors."""
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -43,6 +44,7 @@ TINY_OVERRIDES = {
     "eval.batch_size": 8,
     "eval.every_steps": 0,
     "eval.at_end": False,
+    "eval.frechet.num_samples": 0,
 }
 
 
@@ -213,12 +215,37 @@ def test_sigterm_and_sigkill_resume_without_losing_steps(tmp_path):
 
 
 def test_eval_mode_reports_the_checkpoint_metrics(tmp_path, capsys):
-    """`--mode=eval` restores the latest checkpoint and evaluates it; no checkpoint is an error."""
-    config = tiny(load_experiment("quickstart").get_config())
+    """`--mode=eval` restores the latest checkpoint and reports PSNR/SSIM/LPIPS and rFVD.
+
+    rFVD runs 2 folds of 4 clips (I3D needs 9 frames); the real statistics are
+    computed by the first evaluation and reused by the second.
+    """
+    config = tiny(
+        load_experiment("quickstart").get_config(),
+        **{
+            "data.num_frames": 9,
+            "eval.frechet.num_samples": 4,
+            "eval.frechet.num_repeats": 2,
+            "eval.frechet.num_frames": 9,
+            "eval.frechet.resolution": 16,
+        },
+    )
     with pytest.raises(FileNotFoundError, match="No checkpoint"):
         videogen_main.run(config, str(tmp_path), mode="eval")
     trained = videogen_main.run(config, str(tmp_path))
     metrics = videogen_main.run(config, str(tmp_path), mode="eval")
     assert trained.step == 2
     assert 0.0 < metrics["eval/moving_digits/psnr"] < 100.0
+    assert 0.0 < metrics["eval/moving_digits/lpips"] < 1.0
+    folds = [metrics[f"eval/moving_digits/rfvd_repeat{r}"] for r in range(2)]
+    assert all(f > 0 for f in folds) and folds[0] != folds[1]
+    assert metrics["eval/moving_digits/rfvd"] == pytest.approx(np.mean(folds))
+    assert metrics["eval/moving_digits/rfvd_std"] == pytest.approx(np.std(folds))
     assert "eval/moving_digits/psnr = " in capsys.readouterr().out
+    (stats_file,) = (tmp_path / "real_stats").glob("moving_digits_eval_i3d_*.npz")
+    written = stats_file.stat().st_mtime_ns
+    again = videogen_main.run(config, str(tmp_path), mode="eval")
+    assert stats_file.stat().st_mtime_ns == written
+    assert again["eval/moving_digits/rfvd"] == pytest.approx(metrics["eval/moving_digits/rfvd"])
+    report = json.loads((tmp_path / "eval_step0000002.json").read_text())
+    assert report["eval/moving_digits/rfvd"] == pytest.approx(metrics["eval/moving_digits/rfvd"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from videogen.evaluation import evaluator
+
 
 def _convert(value: str, default):
     """Converts `value` to the type of `default` (bool, int, float or str)."""
@@ -145,5 +147,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
             grid_examples=8,
             fps=8,
         )
+    )
+    # rFVD of the reconstructions of all held-out clips (one fold), at the clip size.
+    c.eval.frechet = evaluator.protocol_config(
+        "", network="i3d", num_samples=1024, num_repeats=1, num_frames=17, resolution=128
     )
     return c

@@ -28,7 +28,7 @@ import optax
 
 from videogen import checkpoint, optim, sharding
 from videogen.data import mixture, pipeline
-from videogen.evaluation import image_metrics, video_grid
+from videogen.evaluation import evaluator, image_metrics, lpips, video_grid
 from videogen.models import tokenizer as tokenizer_models
 from videogen.trainers import loop
 
@@ -135,7 +135,11 @@ def train_step(
 
 
 def reconstruct(
-    graphdef: nnx.GraphDef, state: nnx.State, video: UInt8[Array, "b t h w c"]
+    graphdef: nnx.GraphDef,
+    lpips_graphdef: nnx.GraphDef,
+    state: nnx.State,
+    lpips_state: nnx.State,
+    video: UInt8[Array, "b t h w c"],
 ) -> dict[str, jax.Array]:
     """EMA reconstructions and their per-example metrics (videos in [0, 1])."""
     model = nnx.merge(graphdef, state).ema_model
@@ -147,6 +151,7 @@ def reconstruct(
         "reconstruction": recon01,
         "psnr": image_metrics.psnr(recon01, target01, max_value=1.0),
         "ssim": image_metrics.ssim(recon01, target01, max_value=1.0),
+        "lpips": nnx.merge(lpips_graphdef, lpips_state).video(recon01 * 2 - 1, target),
         "baseline_psnr": image_metrics.psnr(baseline01, target01, max_value=1.0),
     }
 
@@ -188,8 +193,16 @@ def make_train_source(config: ml_collections.ConfigDict):
     return sources[0] if len(sources) == 1 else mixture.MixtureSource(sources)
 
 
+_RECONSTRUCTION_METRICS = ("psnr", "ssim", "lpips", "baseline_psnr")
+
+
 class Evaluator:
-    """Held-out reconstruction metrics of the EMA model on each `config.eval.datasets`."""
+    """Held-out reconstruction metrics of the EMA model on each `config.eval.datasets`.
+
+    PSNR, SSIM and LPIPS (VGG16) per clip, averaged; with `config.eval.frechet`
+    enabled, also rFVD of the reconstructions against the real split's cached
+    I3D statistics (`<workdir>/real_stats`).
+    """
 
     def __init__(self, config: ml_collections.ConfigDict, graphdef, state_shardings, mesh, workdir):
         self.config, self.mesh, self.workdir = config, mesh, workdir
@@ -204,37 +217,100 @@ class Evaluator:
             )
             for name in self.datasets
         }
+        lpips_graphdef, self.lpips_state = nnx.split(lpips.load_lpips())
         self._reconstruct = jax.jit(
-            functools.partial(reconstruct, graphdef),
-            in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+            functools.partial(reconstruct, graphdef, lpips_graphdef),
+            in_shardings=(state_shardings, None, sharding.batch_sharding(mesh)),
+        )
+        protocol = config.eval.frechet
+        self.frechet = None
+        if protocol.num_samples:
+            if protocol.real_temporal_windows != 1 or protocol.real_spatial_crops != 1:
+                raise ValueError(
+                    "eval.frechet.real_temporal_windows/real_spatial_crops > 1: the tokenizer's "
+                    "rFVD compares reconstructions with the clips they reconstruct (one view per "
+                    "clip); set both to 1."
+                )
+            if protocol.num_samples * protocol.num_repeats > config.eval.num_examples:
+                raise ValueError(
+                    f"eval.frechet needs num_samples x num_repeats = "
+                    f"{protocol.num_samples * protocol.num_repeats} reconstructions but "
+                    f"eval.num_examples={config.eval.num_examples}; raise eval.num_examples "
+                    "or lower eval.frechet.num_samples."
+                )
+            self.frechet = evaluator.FrechetEvaluator(
+                protocol, os.path.join(workdir, "real_stats"), mesh
+            )
+
+    def _batches(self, source, batch_size: int):
+        return pipeline.make_iterator(
+            source,
+            global_batch_size=batch_size,
+            shuffle=False,
+            seed=0,
+            num_epochs=1,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+
+    def _real_statistics(self, name: str):
+        """The real split's feature statistics for rFVD (cached after the first evaluation)."""
+        protocol = self.config.eval.frechet
+        if protocol.real_split == "eval":
+            source = self.sources[name]
+        else:
+            source = pipeline.make_source(
+                name,
+                protocol.real_split,
+                path=self.config.data.path or None,
+                num_examples=self.frechet.real_num_examples,
+                **_data_kwargs(self.config),
+            )
+        return self.frechet.real_statistics(
+            name,
+            lambda: self._batches(source, self.config.eval.batch_size),
+            frame_stride=self.config.data.frame_stride,
+            source_resolution=self.config.data.resolution,
         )
 
     def __call__(self, state: nnx.State, step: int, writer) -> dict[str, float]:
         results = {}
         for name, source in self.sources.items():
-            iterator = pipeline.make_iterator(
-                source,
-                global_batch_size=self.config.eval.batch_size,
-                shuffle=False,
-                seed=0,
-                num_epochs=1,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-            )
-            totals, count, grid = {}, 0, None
-            for batch in iterator:
-                out = self._reconstruct(
-                    state, sharding.shard_batch({"video": batch["video"]}, self.mesh)["video"]
-                )
-                for key in ("psnr", "ssim", "baseline_psnr"):
-                    totals[key] = totals.get(key, 0.0) + float(jnp.sum(out[key]))
-                count += out["psnr"].shape[0]
-                if grid is None and jax.process_index() == 0:
-                    recon = np.asarray(jax.device_get(out["reconstruction"]))
-                    grid = video_grid.make_grid(
-                        [np.asarray(batch["video"]), video_grid.to_uint8(recon * 2 - 1)],
-                        max_examples=self.config.eval.grid_examples,
+            totals = {key: 0.0 for key in _RECONSTRUCTION_METRICS}
+            progress = {"count": 0, "grid": None}
+
+            def reconstructions():
+                """uint8 reconstructions batch by batch; accumulates the per-clip metrics."""
+                for batch in self._batches(source, self.config.eval.batch_size):
+                    out = self._reconstruct(
+                        state,
+                        self.lpips_state,
+                        sharding.shard_batch({"video": batch["video"]}, self.mesh)["video"],
                     )
+                    for key in _RECONSTRUCTION_METRICS:
+                        totals[key] += float(jnp.sum(out[key]))
+                    progress["count"] += out["psnr"].shape[0]
+                    recon = video_grid.to_uint8(
+                        np.asarray(jax.device_get(out["reconstruction"])) * 2 - 1
+                    )
+                    if progress["grid"] is None and jax.process_index() == 0:
+                        progress["grid"] = video_grid.make_grid(
+                            [np.asarray(batch["video"]), recon],
+                            max_examples=self.config.eval.grid_examples,
+                        )
+                    yield recon
+
+            folds = evaluator.FoldedStream(
+                reconstructions(), max(self.config.eval.frechet.num_samples, 1)
+            )
+            if self.frechet is not None:
+                real_stats = self._real_statistics(name)
+                # One pass over the held-out clips: repeat r takes the r-th block
+                # of num_samples reconstructions (the thesis' folds of one loader).
+                for key, value in self.frechet(real_stats, folds.fold).items():
+                    results[f"eval/{name}/r{key}"] = value
+            folds.drain()  # the clips the Frechet folds did not need still count
+            count = progress["count"]
             if count == 0:
                 raise ValueError(
                     f"eval dataset {name!r} yielded no full batch of "
@@ -245,6 +321,7 @@ class Evaluator:
             results[f"eval/{name}/psnr_gain_over_baseline"] = (
                 results[f"eval/{name}/psnr"] - results[f"eval/{name}/baseline_psnr"]
             )
+            grid = progress["grid"]
             if grid is not None:
                 self._write_grid(f"{name}_step{step:07d}", grid)
                 # TensorBoard shows the first and last frame of the grid (input row above reconstruction).
