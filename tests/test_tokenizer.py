@@ -1,6 +1,9 @@
-"""MAGVIT-v2 causal tokenizer and its layers: temporal causality, the 1 + s*t frame
-mappings, image == first video frame, token round trips, input errors, gradients
-through the straight-through estimator, remat and bf16 equivalence, sharding names."""
+"""Tokenizers and their layers. MAGVIT-v2 causal tokenizer: temporal causality, the
+1 + s*t frame mappings, image == first video frame, token round trips, input errors,
+gradients through the straight-through estimator, remat and bf16 equivalence, sharding
+names. MAGVIT 3D-VQ: thesis token grid and parameter count, non-causality, reflect
+padding (a constant clip gives one token everywhere), average pooling, nearest + conv
+up-sampling, round trips, gradients to every parameter."""
 
 import types
 
@@ -13,17 +16,19 @@ from flax import nnx
 from videogen.models.layers import (
     CONV3D_KERNEL_AXES,
     AdaptiveGroupNorm,
+    AvgPoolDownsample,
     CausalConv3d,
     DepthToSpaceUpsample,
     Downsample,
     GroupNorm,
+    NearestUpsample,
     ResBlock3d,
     apply_blocks,
     conv3d_by_temporal_taps,
     conv3d_single,
     resize_nearest,
 )
-from videogen.models.tokenizer import CausalVideoTokenizer
+from videogen.models.tokenizer import CausalVideoTokenizer, VQVideoTokenizer
 
 # Toy width, 4x temporal and 4x spatial compression: 17x16x16 -> 5x4x4 tokens.
 TINY = dict(
@@ -238,6 +243,10 @@ def test_bad_config_is_explained():
         _build(**{**TINY, "temporal_downsample": (True,)})
     with pytest.raises(ValueError, match="num_groups=3"):
         _build(**{**TINY, "num_groups": 3})
+    with pytest.raises(ValueError, match="temporal_kernel_size=0"):
+        _build(**{**TINY, "temporal_kernel_size": 0})
+    with pytest.raises(ValueError, match="padding_mode='circular'"):
+        VQVideoTokenizer(**VQ_TINY, padding_mode="circular", rngs=_rngs())
 
 
 def test_parameters_carry_logical_axis_names(tiny):
@@ -458,3 +467,195 @@ def test_adaptive_group_norm_follows_the_causal_latent_frame():
         changed = np.abs(ada(x, cond.at[:, j].add(1.0)) - y).max(axis=(0, 2, 3, 4)) > 1e-6
         # 1 + t latent -> 1 + 4t feature frames: frame f uses latent frame ceil(f / 4).
         np.testing.assert_array_equal(changed, [-(-f // 4) == j for f in range(9)])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reflect_padding_conv_equals_a_valid_conv_on_a_reflect_padded_input(causal):
+    conv = _conv(2, 3, (3, 3, 3), causal=causal, padding_mode="reflect")
+    conv.bias[...] = jnp.arange(3.0)
+    x = _normal((1, 4, 5, 6, 2), 40)
+    # Non-causal: time is reflected too; causal: two zero frames before, none after.
+    if causal:
+        padded = np.pad(np.asarray(x), ((0, 0), (2, 0), (1, 1), (1, 1), (0, 0)))
+        padded[:, 2:] = np.pad(np.asarray(x), ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), "reflect")
+    else:
+        padded = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)), "reflect")
+    expected = jax.lax.conv_general_dilated(
+        jnp.asarray(padded),
+        conv.kernel[...],
+        (1, 1, 1),
+        "VALID",
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+    )
+    np.testing.assert_allclose(conv(x), expected + conv.bias[...], atol=1e-5)
+
+
+def test_reflect_padding_keeps_a_constant_input_constant():
+    # Thesis 3.2: reflect padding gives the same features for the same content anywhere.
+    x = jnp.ones((1, 4, 6, 6, 2)) * jnp.array([0.5, -1.0])
+    for mode, constant in (("reflect", True), ("zeros", False)):
+        y = np.asarray(_conv(2, 3, (3, 3, 3), causal=False, padding_mode=mode)(x))
+        spread = np.abs(y - y[:, 1:2, 2:3, 2:3]).max()
+        assert (spread < 1e-5) == constant, (mode, spread)
+
+
+def test_avg_pool_downsample_averages_blocks():
+    x = _normal((2, 4, 6, 8, 3), 41)
+    blocks = np.asarray(x).reshape(2, 2, 2, 3, 2, 4, 2, 3)
+    np.testing.assert_allclose(
+        AvgPoolDownsample(temporal=True)(x), blocks.mean(axis=(2, 4, 6)), atol=1e-6
+    )
+    spatial = np.asarray(x).reshape(2, 4, 1, 3, 2, 4, 2, 3).mean(axis=(2, 4, 6))
+    np.testing.assert_allclose(AvgPoolDownsample(temporal=False)(x), spatial, atol=1e-6)
+    with pytest.raises(ValueError, match="5x6x8"):
+        AvgPoolDownsample(temporal=True)(jnp.zeros((1, 5, 6, 8, 3)))
+
+
+@pytest.mark.parametrize(("temporal_factor", "causal"), [(2, False), (1, False), (2, True)])
+def test_nearest_upsample_repeats_then_convolves(temporal_factor, causal):
+    up = NearestUpsample(
+        3, 3, temporal_factor=temporal_factor, kernel_size=(1, 1, 1), causal=causal, rngs=_rngs()
+    )
+    up.conv.kernel[...] = 2.0 * jnp.eye(3).reshape(1, 1, 1, 3, 3)
+    x = _normal((1, 3, 2, 2, 3), 42)
+    y = np.asarray(up(x))
+    frames = 1 + temporal_factor * 2 if causal else 3 * temporal_factor
+    assert y.shape == (1, frames, 4, 4, 3)
+    source = [-(-f // temporal_factor) if causal else f // temporal_factor for f in range(frames)]
+    expected = 2.0 * np.asarray(x)[:, source].repeat(2, axis=2).repeat(2, axis=3)
+    np.testing.assert_allclose(y, expected, atol=1e-6)
+
+
+# --- MAGVIT 3D-VQ tokenizer ---------------------------------------------------------------
+
+# Toy 3D-VQ: 3D pooling at the pixel level, 2D near the latent; 4x16x16 -> 2x4x4 tokens.
+VQ_TINY = dict(
+    base_channels=8,
+    channel_multipliers=(1, 2, 2),
+    num_res_blocks=1,
+    temporal_downsample=(True, False),
+    codebook_size=16,
+    embedding_dim=4,
+    num_groups=4,
+)
+VQ_FRAMES = 4
+# Smallest 3D-VQ for the gradient check: 2x8x8 -> 1x4x4.
+VQ_MICRO = dict(
+    base_channels=4,
+    channel_multipliers=(1, 2),
+    num_res_blocks=1,
+    temporal_downsample=(True,),
+    codebook_size=8,
+    embedding_dim=4,
+    num_groups=2,
+)
+
+
+def test_vq_thesis_config_token_grid_and_parameter_counts():
+    # Thesis 3.3.1 (B): 16x128x128 -> 4x16x16 tokens, vocabulary 1024, embedding 256;
+    # 3.2.2: 41M (B) and 158M (L, base 128) parameters without the discriminator.
+    model = nnx.eval_shape(lambda: VQVideoTokenizer(rngs=nnx.Rngs(0)))
+    assert (model.temporal_factor, model.spatial_factor) == (4, 8)
+    assert model.quantizer.codebook.shape == (1024, 256)
+    assert model.latent_shape(16, 128, 128) == (4, 16, 16)
+    graphdef, state = nnx.split(model)
+    video = jax.ShapeDtypeStruct((2, 16, 128, 128, 3), jnp.float32)
+    tokens, recon = jax.eval_shape(
+        lambda s, v: (nnx.merge(graphdef, s).tokenize(v), nnx.merge(graphdef, s)(v)[0]),
+        state,
+        video,
+    )
+    assert (tokens.shape, tokens.dtype) == ((2, 4, 16, 16), jnp.int32)
+    assert recon.shape == video.shape
+    large = nnx.eval_shape(lambda: VQVideoTokenizer(base_channels=128, rngs=nnx.Rngs(0)))
+    for m, thesis in ((model, 41e6), (large, 158e6)):
+        count = sum(p.size for p in jax.tree.leaves(nnx.state(m, nnx.Param)))
+        assert abs(count - thesis) < 0.015 * thesis, count
+
+
+@pytest.fixture(scope="module")
+def vq_tiny():
+    """Tiny 3D-VQ run once on [a clip, the clip with its last frame changed, a constant clip]."""
+    model = nnx.jit(lambda: VQVideoTokenizer(**VQ_TINY, rngs=_rngs()))()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, video):
+        m = nnx.merge(graphdef, state)
+        z = m.encode(video)
+        z_q, aux = m.quantize(z)
+        tokens = aux["indices"]
+        return dict(
+            z=z, z_q=z_q, aux=aux, recon=m.decode(z_q), tokens=tokens, detok=m.detokenize(tokens)
+        )
+
+    base = _video(50, frames=VQ_FRAMES)[0]
+    changed = base.at[-1].set(_video(51, frames=VQ_FRAMES)[0, -1])
+    constant = jnp.ones_like(base) * jnp.array([0.3, -0.5, 0.8])
+    out = run(state, jnp.stack([base, changed, constant]))
+    return types.SimpleNamespace(model=model, out=out)
+
+
+def test_vq_token_grid_and_reconstruction_shape(vq_tiny):
+    model, out = vq_tiny.model, vq_tiny.out
+    assert (model.temporal_factor, model.spatial_factor) == (2, 4)
+    assert out["z"].shape == (3, 2, 4, 4, 4)
+    assert out["tokens"].shape == (3, 2, 4, 4) and out["tokens"].dtype == jnp.int32
+    assert int(out["tokens"].min()) >= 0 and int(out["tokens"].max()) < 16
+    assert out["recon"].shape == (3, VQ_FRAMES, SIZE, SIZE, 3)
+    assert set(out["aux"]["losses"]) == {"commitment", "codebook"}
+
+
+def test_vq_encoder_is_not_causal(vq_tiny):
+    z = np.asarray(vq_tiny.out["z"])
+    # Changing the last frame changes the first latent frame too (thesis 3.2: the
+    # receptive field is non-local), unlike the causal tokenizer.
+    diff = np.abs(z[1] - z[0]).max(axis=(1, 2, 3))
+    assert diff.min() > 1e-3, diff
+
+
+def test_vq_constant_clip_gives_one_token_everywhere(vq_tiny):
+    # Reflect padding: no border effects, so equal content gives equal latents and tokens.
+    out = vq_tiny.out
+    z = np.asarray(out["z"][2])
+    assert np.abs(z - z[0, 0, 0]).max() < 1e-5 * max(1.0, np.abs(z).max())
+    assert np.abs(z[0, 0, 0]).max() > 1e-3  # not trivially zero
+    assert len(np.unique(np.asarray(out["tokens"][2]))) == 1
+    recon = np.asarray(out["recon"][2])
+    assert np.abs(recon - recon[0, 0, 0]).max() < 1e-4
+
+
+def test_vq_detokenize_matches_quantize_decode(vq_tiny):
+    out = vq_tiny.out
+    codes = vq_tiny.model.quantizer.codes_from_indices(out["tokens"])
+    np.testing.assert_allclose(codes, out["z_q"], atol=1e-6)
+    np.testing.assert_allclose(out["detok"], out["recon"], atol=1e-5)
+
+
+def test_vq_bad_frame_count_is_explained(vq_tiny):
+    with pytest.raises(ValueError) as err:
+        vq_tiny.model.encode(jnp.zeros((1, 5, SIZE, SIZE, 3)))
+    message = str(err.value)
+    for part in ("num_frames=5", "multiple of 2", "4 or 6"):
+        assert part in message, message
+    with pytest.raises(ValueError, match="spatial factor 4"):
+        vq_tiny.model.latent_shape(4, 12, 18)
+    with pytest.raises(ValueError, match="latents must be"):
+        vq_tiny.model.decode(jnp.zeros((1, 2, 4, 4, 6)))
+
+
+def test_vq_gradient_reaches_every_parameter():
+    graphdef, state = nnx.split(nnx.jit(lambda: VQVideoTokenizer(**VQ_MICRO, rngs=_rngs()))())
+    video = _video(52, frames=2, size=8)
+
+    def loss(state):
+        recon, aux = nnx.merge(graphdef, state)(video)
+        losses = aux["losses"]
+        return jnp.mean(jnp.square(recon - video)) + losses["commitment"] + losses["codebook"]
+
+    grads = jax.jit(jax.grad(loss))(state)
+    leaves = jax.tree_util.tree_leaves_with_path(grads)
+    assert len(leaves) > 20
+    for path, g in leaves:
+        assert np.all(np.isfinite(g)), path
+        assert float(jnp.max(jnp.abs(g))) > 0.0, jax.tree_util.keystr(path)

@@ -31,6 +31,8 @@ TINY_OVERRIDES = {
     "model.temporal_downsample": (True, True),
     "model.num_groups": 4,
     "model.num_bits": 6,
+    "discriminator.base_channels": 4,
+    "discriminator.channel_multipliers": (2, 4),
     "batch_size": 8,
     "num_train_steps": 2,
     "log_every_steps": 1,

@@ -76,6 +76,21 @@ class Checkpointer:
         nnx.replace_by_pure_dict(state, restored["state"])
         return state
 
+    def restore_state(self, step: int, abstract_state: nnx.State) -> nnx.State:
+        """Restores only the train state of `step` (no data iterator), e.g. a frozen stage-1 model."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(nnx.to_pure_dict(abstract_state)))
+        restored = self._manager.restore(step, args=args)
+        state = jax.tree.map(lambda x: x, abstract_state)
+        nnx.replace_by_pure_dict(state, restored["state"])
+        return state
+
+    def restore_config(self, step: int) -> ml_collections.ConfigDict:
+        """The config saved with `step` (JSON: tuples come back as lists)."""
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+        )
+        return ml_collections.ConfigDict(restored["config"])
+
     def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()
 

@@ -64,6 +64,18 @@ DEFAULT_SHARDING_RULES = (
     ("conv_t", None),
     ("conv_h", None),
     ("conv_w", None),
+    ("codebook", "fsdp"),
+    # Transformers (videogen/models/transformer.py): FSDP over the model width,
+    # tensor parallelism over heads, MLP hidden units and the vocabulary.
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("prefix_vocab", None),
+    ("positions", None),
+    ("factors", None),
+    ("norm", None),
 )
 
 
@@ -111,12 +123,19 @@ def tokenizer_config() -> ml_collections.ConfigDict:
             entropy_weight=0.1,
             entropy_anneal_steps=2000,
             entropy_anneal_factor=3.0,
+            codebook_weight=1.0,  # VQ only (the MAGVIT 3D-VQ); LFQ has no codebook loss
             generator_loss_type="non_saturating",
-            generator_adversarial_weight=0.1,
+            generator_adversarial_weight=0.1,  # 0 turns the GAN off: no discriminator is built
+            adversarial_start_step=0,  # generator and discriminator losses start here
             discriminator_r1_cost=10.0,
-            perceptual_weight=0.1,
+            perceptual_weight=0.1,  # LPIPS-VGG16 per frame; 0 turns it off
             lecam_weight=0.001,
+            lecam_ema_decay=0.999,  # not in the thesis (LeCAM paper's default)
         )
+    )
+    # 3D StyleGAN discriminator, trained from scratch; the clip shape comes from `data`.
+    c.discriminator = ml_collections.ConfigDict(
+        dict(base_channels=128, channel_multipliers=(2, 4, 4, 4, 4))
     )
     c.optimizer = ml_collections.ConfigDict(
         dict(
@@ -130,6 +149,8 @@ def tokenizer_config() -> ml_collections.ConfigDict:
             grad_clip_norm=0.0,
         )
     )
+    # The discriminator's Adam: the generator's settings (the thesis names one optimizer).
+    c.discriminator_optimizer = ml_collections.ConfigDict(c.optimizer.to_dict())
     c.ema_decay = 0.999
     c.mesh = mesh_config()
     c.sharding_rules = DEFAULT_SHARDING_RULES

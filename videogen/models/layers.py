@@ -8,11 +8,18 @@ Temporal causality (thesis Sec. 5.3.2): a causal layer's output frame ``t``
 depends on input frames ``<= t`` only. A temporal stride ``s`` maps
 ``1 + s*t`` frames to ``1 + t`` and up-sampling maps ``1 + t`` back to
 ``1 + s*t``, so a single image (one frame) goes through the same network.
+
+The MAGVIT 3D-VQ (thesis Sec. 3.2) uses the same convolutions and residual
+blocks non-causally with ``padding_mode="reflect"``, average-pooling
+down-sampling (`AvgPoolDownsample`) and nearest-resize + conv up-sampling
+(`NearestUpsample`). A temporal kernel size of 1 everywhere makes either
+network a per-frame 2D (image) model for pre-training and inflation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +32,15 @@ CONV_BIAS_AXES = ("channels_out",)
 NORM_AXES = ("channels",)
 
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+PaddingMode = Literal["zeros", "reflect"]
+PADDING_MODES = ("zeros", "reflect")
+
+
+def _check_padding_mode(padding_mode: str) -> None:
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(
+            f"padding_mode={padding_mode!r} is not supported; use one of {PADDING_MODES}."
+        )
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -75,15 +91,19 @@ def conv3d_by_temporal_taps(
 
 
 class CausalConv3d(nnx.Module):
-    """3D convolution, temporally causal by default, with zero padding.
+    """3D convolution, temporally causal by default, with 'same'-size padding.
 
     Causal: ``k_t - 1`` zero frames before the clip and none after, so output
     frame ``j`` sees input frames ``s*j - k_t + 1 .. s*j`` (``s`` = temporal
     stride) and ``1 + s*t`` frames map to ``1 + t``. Zeros (not repeated
     frames) make a 1-frame input equal a 2D convolution with the kernel's last
-    temporal slice, which image-to-video inflation relies on.
+    temporal slice, which image-to-video inflation relies on; causal temporal
+    padding is zeros in every ``padding_mode`` (reflecting would copy future frames).
     Non-causal: ``floor((k_t-1)/2)`` frames before, ``floor(k_t/2)`` after.
-    Height and width always use 'SAME' zero padding (``ceil(n / stride)`` outputs).
+    Height and width use TF 'SAME' amounts (``ceil(n / stride)`` outputs).
+    ``padding_mode="zeros"`` pads with zeros; ``"reflect"`` (MAGVIT 3D-VQ,
+    thesis Sec. 3.2) mirrors the border without repeating it, so a constant
+    input gives a constant output, borders included.
     """
 
     def __init__(
@@ -94,6 +114,7 @@ class CausalConv3d(nnx.Module):
         strides: Sequence[int] = (1, 1, 1),
         *,
         causal: bool = True,
+        padding_mode: PaddingMode = "zeros",
         use_bias: bool = True,
         kernel_init: Initializer = nnx.initializers.lecun_normal(),
         dtype: jnp.dtype = jnp.float32,
@@ -105,11 +126,13 @@ class CausalConv3d(nnx.Module):
                 f"kernel_size={tuple(kernel_size)} and strides={tuple(strides)} must both have "
                 "3 entries (t, h, w)."
             )
+        _check_padding_mode(padding_mode)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = tuple(int(k) for k in kernel_size)
         self.strides = tuple(int(s) for s in strides)
         self.causal = causal
+        self.padding_mode = padding_mode
         self.dtype = dtype
         shape = (*self.kernel_size, in_channels, out_channels)
         self.kernel = nnx.Param(
@@ -136,8 +159,13 @@ class CausalConv3d(nnx.Module):
         else:
             pad_t = ((kt - 1) // 2, kt // 2)
         padding = (pad_t, _same_padding(h, kh, sh), _same_padding(w, kw, sw))
+        x = x.astype(self.dtype)
+        if self.padding_mode == "reflect":
+            pad_t_reflect = (0, 0) if self.causal else pad_t
+            x = jnp.pad(x, ((0, 0), pad_t_reflect, *padding[1:], (0, 0)), mode="reflect")
+            padding = (pad_t if self.causal else (0, 0), (0, 0), (0, 0))
         conv = conv3d_by_temporal_taps if jax.default_backend() == "cpu" else conv3d_single
-        y = conv(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.strides, padding)
+        y = conv(x, self.kernel[...].astype(self.dtype), self.strides, padding)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -200,6 +228,7 @@ class ResBlock3d(nnx.Module):
 
     The skip path is a 1x1x1 conv when the width changes, identity otherwise.
     ``causal`` sets both causal temporal padding and per-frame norm statistics.
+    The convs are ``temporal_kernel_size x 3 x 3`` (1 gives a per-frame 2D block).
     """
 
     def __init__(
@@ -209,16 +238,25 @@ class ResBlock3d(nnx.Module):
         *,
         num_groups: int = 32,
         causal: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        temporal_kernel_size: int = 3,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        conv = dict(causal=causal, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        conv = dict(
+            causal=causal,
+            padding_mode=padding_mode,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
         norm = dict(num_groups=num_groups, per_frame=causal, param_dtype=param_dtype)
+        kernel = (temporal_kernel_size, 3, 3)
         self.norm1 = GroupNorm(in_channels, **norm)
-        self.conv1 = CausalConv3d(in_channels, out_channels, **conv)
+        self.conv1 = CausalConv3d(in_channels, out_channels, kernel, **conv)
         self.norm2 = GroupNorm(out_channels, **norm)
-        self.conv2 = CausalConv3d(out_channels, out_channels, **conv)
+        self.conv2 = CausalConv3d(out_channels, out_channels, kernel, **conv)
         self.skip = (
             CausalConv3d(in_channels, out_channels, kernel_size=(1, 1, 1), **conv)
             if in_channels != out_channels
@@ -346,6 +384,7 @@ class Downsample(nnx.Module):
         temporal: bool,
         kernel_size: Sequence[int] = (3, 3, 3),
         causal: bool = True,
+        padding_mode: PaddingMode = "zeros",
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -356,6 +395,7 @@ class Downsample(nnx.Module):
             kernel_size,
             strides=(2 if temporal else 1, 2, 2),
             causal=causal,
+            padding_mode=padding_mode,
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,
@@ -382,6 +422,7 @@ class DepthToSpaceUpsample(nnx.Module):
         spatial_factor: int = 2,
         kernel_size: Sequence[int] = (3, 3, 3),
         causal: bool = True,
+        padding_mode: PaddingMode = "zeros",
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -395,6 +436,7 @@ class DepthToSpaceUpsample(nnx.Module):
             out_channels * temporal_factor * spatial_factor**2,
             kernel_size,
             causal=causal,
+            padding_mode=padding_mode,
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,
@@ -410,3 +452,69 @@ class DepthToSpaceUpsample(nnx.Module):
         if self.causal:
             y = y[:, st - 1 :]
         return y
+
+
+class AvgPoolDownsample(nnx.Module):
+    """Average pooling by 2 in height and width, and in time if ``temporal`` (MAGVIT 3D-VQ).
+
+    Non-causal and parameter-free: ``[b, t, h, w, c] -> [b, t/2 or t, h/2, w/2, c]``;
+    every pooled size must be even.
+    """
+
+    def __init__(self, *, temporal: bool):
+        self.window = (2 if temporal else 1, 2, 2)
+
+    def __call__(self, x: Float[Array, "b t h w c"]) -> Float[Array, "b t2 h2 w2 c"]:
+        b, t, h, w, c = x.shape
+        st, sh, sw = self.window
+        if t % st or h % sh or w % sw:
+            raise ValueError(
+                f"AvgPoolDownsample{self.window} cannot pool a {t}x{h}x{w} input: each size "
+                "must be divisible by its window; use frame counts and sizes divisible by the "
+                "tokenizer's temporal and spatial factors."
+            )
+        x = x.reshape(b, t // st, st, h // sh, sh, w // sw, sw, c)
+        return jnp.mean(x, axis=(2, 4, 6))
+
+
+class NearestUpsample(nnx.Module):
+    """Nearest resize by ``temporal_factor`` x ``spatial_factor``^2, then a conv (MAGVIT 3D-VQ).
+
+    Time maps ``t -> st*t`` (non-causal) or ``1 + t -> 1 + st*t`` (causal), as
+    in `resize_nearest`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        temporal_factor: int = 2,
+        spatial_factor: int = 2,
+        kernel_size: Sequence[int] = (3, 3, 3),
+        causal: bool = True,
+        padding_mode: PaddingMode = "zeros",
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.temporal_factor = temporal_factor
+        self.spatial_factor = spatial_factor
+        self.causal = causal
+        self.conv = CausalConv3d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            causal=causal,
+            padding_mode=padding_mode,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+
+    def __call__(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t2 h2 w2 co"]:
+        """``[b, t, h, w, ci] -> [b, st*t (or 1 + st*(t-1) causal), s*h, s*w, co]``."""
+        _, t, h, w, _ = x.shape
+        st, s = self.temporal_factor, self.spatial_factor
+        frames = 1 + st * (t - 1) if self.causal else st * t
+        return self.conv(resize_nearest(x, (frames, s * h, s * w), causal=self.causal))

@@ -1,6 +1,12 @@
-"""Lookup-free quantization (LFQ, thesis Sec. 5.3.1).
+"""Quantizers: lookup-free quantization (LFQ, thesis Sec. 5.3.1) and the VQ codebook
+of the MAGVIT 3D-VQ (Sec. 3.2, Eq. 5.1), with one output contract.
 
-Each of the K latent dimensions is quantized independently to {-1, +1}
+Every quantizer's ``__call__(z)`` returns ``(z_q, aux)`` with a straight-through
+``z_q`` and ``aux = {"indices": int32 [...], "losses": {name: unweighted scalar},
+"metrics": {name: array for logging}}``. A trainer weights each loss by its
+``f"{name}_weight"`` without knowing which quantizer it has.
+
+LFQ: each of the K latent dimensions is quantized independently to {-1, +1}
 (Eq. 5.3); the token index is the integer whose bit i is set when z_i > 0
 (Eq. 5.4, bit i (0-based) has weight 2^i), so the vocabulary is 2^K with no
 codebook to look up.
@@ -17,6 +23,10 @@ factorizes over bits with ``p(bit_i = 1) = sigmoid(4 z_i / temperature)``, so
   an ``[N, 2^K]`` array (512 x 512 at K = 18).
 
 Entropies use the natural log (nats); ``bit_entropy`` is a diagnostic in bits.
+
+Token factorization (Sec. 5.3.2): `factorize_indices` splits a 2^K LFQ index
+into equal sub-vocabularies (2^18 -> 2 x 2^9) for a language model's
+embeddings and prediction heads; `unfactorize_indices` inverts it.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 # Largest K whose indices fit in int32.
 MAX_BITS = 31
+# Logical axis names of the VQ codebook (`videogen.sharding` maps them to mesh axes).
+CODEBOOK_AXES = ("codebook", "channels")
 # Keeps log finite (and its gradient bounded) for codes of zero mean probability.
 _LOG_EPS = 1e-10
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -55,6 +67,41 @@ def bits_from_indices(indices: Int[Array, "..."], num_bits: int) -> Int[Array, "
     _check_num_bits(num_bits)
     shifts = jnp.arange(num_bits, dtype=jnp.int32)
     return jnp.right_shift(indices.astype(jnp.int32)[..., None], shifts) & 1
+
+
+def _check_factors(num_bits: int, num_factors: int) -> int:
+    """Bits per factor; raises unless ``num_factors`` divides ``num_bits``."""
+    _check_num_bits(num_bits)
+    if num_factors < 1 or num_bits % num_factors:
+        divisors = [d for d in range(1, num_bits + 1) if num_bits % d == 0]
+        raise ValueError(
+            f"cannot factorize a 2^{num_bits} vocabulary into num_factors={num_factors} equal "
+            f"sub-vocabularies: num_factors must divide num_bits={num_bits}; use one of {divisors}."
+        )
+    return num_bits // num_factors
+
+
+def factorize_indices(
+    indices: Int[Array, "..."], num_bits: int, num_factors: int
+) -> Int[Array, "... f"]:
+    """Split 2^num_bits LFQ indices into ``num_factors`` sub-indices of 2^(num_bits/num_factors).
+
+    Factor ``j`` holds bits ``j*b .. (j+1)*b - 1`` of the index (``b`` bits per
+    factor), i.e. `indices_from_bits` of that slice of latent channels, low bits
+    first: ``[...] -> [..., num_factors]`` int32.
+    """
+    bits = _check_factors(num_bits, num_factors)
+    shifts = bits * jnp.arange(num_factors, dtype=jnp.int32)
+    mask = jnp.int32((1 << bits) - 1)
+    return jnp.right_shift(indices.astype(jnp.int32)[..., None], shifts) & mask
+
+
+def unfactorize_indices(factors: Int[Array, "... f"], num_bits: int) -> Int[Array, "..."]:
+    """Inverse of `factorize_indices`: ``[..., num_factors] -> [...]`` int32 indices."""
+    num_factors = factors.shape[-1]
+    bits = _check_factors(num_bits, num_factors)
+    shifts = bits * jnp.arange(num_factors, dtype=jnp.int32)
+    return jnp.sum(jnp.left_shift(factors.astype(jnp.int32), shifts), axis=-1, dtype=jnp.int32)
 
 
 def _code_bits(num_bits: int) -> np.ndarray:
@@ -119,11 +166,11 @@ def _bit_entropy(bits: Bool[Array, "n k"]) -> Float[Array, "k"]:
     return (jax.scipy.special.entr(m) + jax.scipy.special.entr(1.0 - m)) / jnp.log(2.0)
 
 
-def _codebook_usage(indices: Int[Array, "n"], num_bits: int) -> Float[Array, ""]:
-    """Fraction of the 2^K codes that occur; sorting keeps memory O(n) for any K."""
+def _codebook_usage(indices: Int[Array, "n"], codebook_size: int) -> Float[Array, ""]:
+    """Fraction of the codes that occur; sorting keeps memory O(n) for any codebook size."""
     s = jnp.sort(indices)
     num_unique = 1 + jnp.sum(s[1:] != s[:-1])
-    return num_unique.astype(jnp.float32) / (2.0**num_bits)
+    return num_unique.astype(jnp.float32) / float(codebook_size)
 
 
 class LFQ(nnx.Module):
@@ -132,11 +179,12 @@ class LFQ(nnx.Module):
     ``__call__(z)`` returns ``(z_q, aux)``: ``z_q = sign(z)`` in {-1, +1} with a
     straight-through gradient, and ``aux`` with
       * ``indices`` int32 ``[...]``,
-      * ``commitment_loss``: mean over ELEMENTS of ``(z - sg(q))^2`` (independent of K),
-      * ``per_sample_entropy`` E[H(q(z))], ``codebook_entropy`` H[E(q(z))] and
-        ``entropy_loss`` = their difference (Eq. 5.5), in nats,
-      * diagnostics ``codebook_usage`` (fraction of 2^K codes used in this call)
-        and ``bit_entropy`` ``[K]`` (bits; 1 = the bit is set half the time).
+      * ``losses``: ``commitment``, the mean over ELEMENTS of ``(z - sg(q))^2``
+        (independent of K), and ``entropy`` = ``per_sample_entropy -
+        codebook_entropy`` (Eq. 5.5, nats),
+      * ``metrics``: ``per_sample_entropy`` E[H(q(z))] and ``codebook_entropy``
+        H[E(q(z))] (nats), ``codebook_usage`` (fraction of the 2^K codes used in
+        this call) and ``bit_entropy`` ``[K]`` (bits; 1 = the bit is set half the time).
     Everything is computed in float32 and averaged over all leading axes.
     """
 
@@ -182,11 +230,105 @@ class LFQ(nnx.Module):
         indices = indices_from_bits(positive)
         aux = {
             "indices": indices,
-            "commitment_loss": jnp.mean(jnp.square(z - jax.lax.stop_gradient(q))),
-            "per_sample_entropy": sample_h,
-            "codebook_entropy": codebook_h,
-            "entropy_loss": sample_h - codebook_h,
-            "codebook_usage": _codebook_usage(indices.reshape(-1), self.num_bits),
-            "bit_entropy": _bit_entropy(positive.reshape(-1, self.num_bits)),
+            "losses": {
+                "commitment": jnp.mean(jnp.square(z - jax.lax.stop_gradient(q))),
+                "entropy": sample_h - codebook_h,
+            },
+            "metrics": {
+                "per_sample_entropy": sample_h,
+                "codebook_entropy": codebook_h,
+                "codebook_usage": _codebook_usage(indices.reshape(-1), self.codebook_size),
+                "bit_entropy": _bit_entropy(positive.reshape(-1, self.num_bits)),
+            },
+        }
+        return z_q, aux
+
+
+class VectorQuantizer(nnx.Module):
+    """VQ-VAE quantizer with a learned codebook (Eq. 5.1; MAGVIT 3D-VQ: 1024 x 256).
+
+    Each vector ``z [..., dim]`` goes to its nearest code by squared L2 distance.
+    ``__call__(z)`` returns ``(z_q, aux)``: ``z_q`` = that code in the forward pass
+    with a straight-through gradient (identity to ``z``), and ``aux`` with
+      * ``indices`` int32 ``[...]`` in ``[0, codebook_size)``,
+      * ``losses``: ``commitment`` = mean over elements of ``(z - sg(e))^2``
+        (gradient to the encoder only) and ``codebook`` = mean of
+        ``(sg(z) - e)^2`` (gradient to the codebook only),
+      * ``metrics``: ``codebook_usage`` (fraction of codes used in this call) and
+        ``perplexity`` (exp of the entropy of the code histogram; codebook_size at most).
+
+    The codebook is learned by the codebook loss, not by EMA updates: the thesis
+    does not name the update rule for the 3D-VQ, and Sec. 5.3.1 lists the codebook
+    loss among MAGVIT's losses ("excluding the inapplicable codebook loss" for LFQ).
+    Initialisation (also not in the thesis, the public MAGVIT code's choice): uniform in
+    ``+-sqrt(3 / codebook_size)``, i.e. variance ``1 / codebook_size`` per entry.
+    Distances use ``-2 z.e + ||e||^2`` (``||z||^2`` is the same for every code,
+    so it is left out of the argmin), never an ``[n, codebook_size, dim]`` array.
+    """
+
+    def __init__(
+        self,
+        codebook_size: int = 1024,
+        embedding_dim: int = 256,
+        *,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if codebook_size < 1 or embedding_dim < 1:
+            raise ValueError(
+                f"codebook_size={codebook_size} and embedding_dim={embedding_dim} must both "
+                "be positive."
+            )
+        self.embedding_dim = embedding_dim
+        limit = float(np.sqrt(3.0 / codebook_size))
+        self.codebook = nnx.Param(
+            jax.random.uniform(
+                rngs.params(), (codebook_size, embedding_dim), param_dtype, -limit, limit
+            ),
+            out_sharding=CODEBOOK_AXES,
+        )
+
+    @property
+    def codebook_size(self) -> int:
+        return self.codebook.shape[0]
+
+    def codes_from_indices(self, indices: Int[Array, "..."]) -> Float[Array, "... d"]:
+        """Token indices ``[...]`` -> codebook vectors ``[..., embedding_dim]`` (float32)."""
+        return jnp.take(self.codebook[...].astype(jnp.float32), indices, axis=0)
+
+    def nearest_indices(self, z: Float[Array, "... d"]) -> Int[Array, "..."]:
+        """Index of the nearest code (squared L2) for each vector of ``z [..., dim]``."""
+        codebook = self.codebook[...].astype(jnp.float32)
+        flat = z.astype(jnp.float32).reshape(-1, self.embedding_dim)
+        # HIGHEST: TPUs' default single bf16 pass (~3 significant digits) can mis-rank close codes.
+        scores = jnp.sum(jnp.square(codebook), axis=-1) - 2.0 * jnp.matmul(
+            flat, codebook.T, precision=_HIGHEST
+        )
+        return jnp.argmin(scores, axis=-1).astype(jnp.int32).reshape(z.shape[:-1])
+
+    def __call__(
+        self, z: Float[Array, "... d"]
+    ) -> tuple[Float[Array, "... d"], dict[str, jax.Array]]:
+        """Quantize ``z [..., dim]``; returns ``(z_q [..., dim], aux)`` (see class docstring)."""
+        if z.shape[-1] != self.embedding_dim:
+            raise ValueError(
+                f"VectorQuantizer expects {self.embedding_dim} channels in the last axis, got "
+                f"shape {z.shape}."
+            )
+        z = z.astype(jnp.float32)
+        indices = self.nearest_indices(z)
+        codes = self.codes_from_indices(indices)
+        z_q = z + jax.lax.stop_gradient(codes - z)
+        counts = jnp.bincount(indices.reshape(-1), length=self.codebook_size)
+        aux = {
+            "indices": indices,
+            "losses": {
+                "commitment": jnp.mean(jnp.square(z - jax.lax.stop_gradient(codes))),
+                "codebook": jnp.mean(jnp.square(jax.lax.stop_gradient(z) - codes)),
+            },
+            "metrics": {
+                "codebook_usage": _codebook_usage(indices.reshape(-1), self.codebook_size),
+                "perplexity": jnp.exp(_entropy(counts / indices.size)),
+            },
         }
         return z_q, aux

@@ -29,26 +29,39 @@ import optax
 from videogen import checkpoint, optim, sharding
 from videogen.data import mixture, pipeline
 from videogen.evaluation import evaluator, image_metrics, lpips, video_grid
+from videogen.models import discriminator as discriminator_models
 from videogen.models import tokenizer as tokenizer_models
-from videogen.trainers import loop
+from videogen.trainers import gan_losses, loop
 
-# Recipe losses that exist as config entries but that this trainer does not
-# compute yet (GAN, perceptual, R1, LeCAM). They are reported, never faked.
-_NOT_YET_TRAINED = (
-    "generator_adversarial_weight",
-    "perceptual_weight",
-    "lecam_weight",
-    "discriminator_r1_cost",
-)
+
+class LeCAMAnchor(nnx.Variable):
+    """EMA of the discriminator's mean logit on real or fake clips (LeCAM); not trained."""
 
 
 class TrainState(nnx.Module):
-    """Everything a tokenizer run checkpoints: model, its EMA, optimizer (with step)."""
+    """Everything a tokenizer run checkpoints.
 
-    def __init__(self, model: nnx.Module, tx: optax.GradientTransformation):
+    The tokenizer (generator), its EMA and optimizer; with the adversarial loss
+    on, also the discriminator, its own optimizer and the two LeCAM anchors.
+    """
+
+    def __init__(
+        self,
+        model: nnx.Module,
+        tx: optax.GradientTransformation,
+        discriminator: nnx.Module | None = None,
+        discriminator_tx: optax.GradientTransformation | None = None,
+    ):
         self.model = model
         self.ema_model = nnx.clone(model)
         self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        self.discriminator = discriminator
+        if discriminator is not None:
+            self.discriminator_optimizer = nnx.Optimizer(
+                discriminator, discriminator_tx, wrt=nnx.Param
+            )
+            self.lecam_real = LeCAMAnchor(jnp.zeros((), jnp.float32))
+            self.lecam_fake = LeCAMAnchor(jnp.zeros((), jnp.float32))
 
 
 def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
@@ -61,6 +74,29 @@ def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
         )
     # The 'rbg' PRNG compiles the initialiser several times faster than threefry on CPU.
     return cls(**config.model.to_dict(), rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")))
+
+
+def uses_gan(config: ml_collections.ConfigDict) -> bool:
+    return config.loss.generator_adversarial_weight > 0
+
+
+def build_discriminator(config: ml_collections.ConfigDict) -> nnx.Module:
+    """The 3D StyleGAN discriminator for the training clips; trained from scratch (thesis 5.4.2)."""
+    return discriminator_models.StyleGANDiscriminator3d(
+        **config.discriminator.to_dict(),
+        num_frames=config.data.num_frames,
+        resolution=config.data.resolution,
+        rngs=nnx.Rngs(jax.random.key(config.seed + 1, impl="rbg")),
+    )
+
+
+def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
+    """A fresh train state for `config`: with discriminator when the GAN loss is on."""
+    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    if not uses_gan(config):
+        return TrainState(build_model(config), tx)
+    d_tx = optim.make_optimizer(config.discriminator_optimizer, config.num_train_steps)
+    return TrainState(build_model(config), tx, build_discriminator(config), d_tx)
 
 
 def to_float(video: UInt8[Array, "b t h w c"]) -> Float[Array, "b t h w c"]:
@@ -78,58 +114,195 @@ def entropy_weight_at(step: jax.Array, loss: ml_collections.ConfigDict) -> jax.A
     )
 
 
-def compute_losses(
-    model: nnx.Module,
+def quantizer_loss_weight(name: str, step: jax.Array, loss: ml_collections.ConfigDict):
+    """`loss.<name>_weight` for a quantizer loss term; the entropy weight is annealed."""
+    if name == "entropy":
+        return entropy_weight_at(step, loss)
+    key = f"{name}_weight"
+    if key not in loss:
+        raise ValueError(
+            f"the quantizer returns a loss {name!r} but the config has no loss.{key}; "
+            "add it to the config's loss block."
+        )
+    return loss[key]
+
+
+def _generator_forward(
+    graphdef: nnx.GraphDef,
+    rest: nnx.State,
     video: Float[Array, "b t h w c"],
     step: jax.Array,
     loss: ml_collections.ConfigDict,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    reconstruction, aux = model(video)
-    reconstruction_loss = jnp.mean(jnp.square(reconstruction.astype(jnp.float32) - video))
-    entropy_loss = aux["per_sample_entropy"] - aux["codebook_entropy"]
-    entropy_weight = entropy_weight_at(step, loss)
-    total = (
-        loss.reconstruction_weight * reconstruction_loss
-        + loss.commitment_weight * aux["commitment_loss"]
-        + entropy_weight * entropy_loss
+    params: nnx.State,
+):
+    """Reconstruction and weighted quantizer loss (both differentiated), and logged metrics."""
+    reconstruction, aux = nnx.merge(graphdef, params, rest)(video)
+    quantizer_loss = jnp.zeros((), jnp.float32)
+    metrics = dict(aux["metrics"])
+    for name, value in aux["losses"].items():
+        weight = quantizer_loss_weight(name, step, loss)
+        quantizer_loss = quantizer_loss + weight * value
+        metrics[f"{name}_loss"] = value
+        metrics[f"weights/{name}"] = jnp.asarray(weight, jnp.float32)
+    return (reconstruction, quantizer_loss), metrics
+
+
+def _pixel_objective(
+    perceptual: nnx.Module | None,
+    video: Float[Array, "b t h w c"],
+    loss: ml_collections.ConfigDict,
+    reconstruction: Float[Array, "b t h w c"],
+):
+    """Weighted L2 + per-frame LPIPS of the reconstruction (the terms that only see pixels)."""
+    l2 = jnp.mean(jnp.square(reconstruction.astype(jnp.float32) - video))
+    total = loss.reconstruction_weight * l2
+    parts = {"reconstruction_loss": l2}
+    if perceptual is not None:
+        lpips_value = jnp.mean(perceptual.video(reconstruction, video))
+        total = total + loss.perceptual_weight * lpips_value
+        parts["perceptual_loss"] = lpips_value
+    return total, parts
+
+
+@dataclasses.dataclass
+class Gradients:
+    generator: nnx.State
+    discriminator: nnx.State | None  # None without the GAN
+    lecam_anchors: tuple[jax.Array, jax.Array] | None  # the anchors for the next step
+    metrics: dict[str, jax.Array]
+
+
+def compute_gradients(
+    train_state: TrainState,
+    perceptual: nnx.Module | None,
+    video: Float[Array, "b t h w c"],
+    loss: ml_collections.ConfigDict,
+) -> Gradients:
+    """Gradients of the generator's and the discriminator's objectives at `train_state`.
+
+    Generator: reconstruction (L2) + quantizer losses + perceptual (LPIPS) +
+    adversarial. Discriminator: GAN loss on real clips and the reconstructions
+    (held fixed) + R1 on real clips + LeCAM. One forward pass of the
+    discriminator on the reconstructions serves both players: its VJP is pulled
+    back once with the generator's adversarial cotangent (to the pixels, then
+    through the tokenizer) and once with the discriminator's (to its
+    parameters). The real clips' one forward pass serves the discriminator
+    loss, LeCAM and R1 alike. Before `loss.adversarial_start_step` both
+    adversarial gradients are zero.
+    """
+    step = train_state.optimizer.step[...]
+    g_graphdef, g_params, g_rest = nnx.split(train_state.model, nnx.Param, ...)
+    (reconstruction, quantizer_loss), g_vjp, metrics = jax.vjp(
+        functools.partial(_generator_forward, g_graphdef, g_rest, video, step, loss),
+        g_params,
+        has_aux=True,
     )
-    metrics = {
-        "loss": total,
-        "reconstruction_loss": reconstruction_loss,
-        "commitment_loss": aux["commitment_loss"],
-        "entropy_loss": entropy_loss,
-        "per_sample_entropy": aux["per_sample_entropy"],
-        "codebook_entropy": aux["codebook_entropy"],
-        "entropy_weight": entropy_weight,
-        "codebook_usage": aux["codebook_usage"],
-        "bit_entropy": aux["bit_entropy"],
-        "train_psnr": jnp.mean(
-            image_metrics.psnr((reconstruction + 1) / 2, (video + 1) / 2, max_value=1.0)
-        ),
-    }
-    return total, metrics
+    (pixel_loss, parts), recon_cotangent = jax.value_and_grad(
+        functools.partial(_pixel_objective, perceptual, video, loss), has_aux=True
+    )(reconstruction)
+    metrics.update(parts)
+    metrics["weights/reconstruction"] = jnp.asarray(loss.reconstruction_weight, jnp.float32)
+    if perceptual is not None:
+        metrics["weights/perceptual"] = jnp.asarray(loss.perceptual_weight, jnp.float32)
+    total = pixel_loss + quantizer_loss
+    d_grads = anchors_next = None
+
+    if train_state.discriminator is not None:
+        kind = loss.generator_loss_type
+        active = (step >= loss.adversarial_start_step).astype(jnp.float32)
+        d_graphdef, d_params, d_rest = nnx.split(train_state.discriminator, nnx.Param, ...)
+
+        def discriminate(params, clips):
+            return nnx.merge(d_graphdef, params, d_rest)(clips)
+
+        fake_logits, d_vjp = jax.vjp(discriminate, d_params, reconstruction)
+        adversarial_weight = active * loss.generator_adversarial_weight
+        g_adversarial, fake_cotangent = jax.value_and_grad(
+            lambda f: gan_losses.generator_loss(f, kind)
+        )(fake_logits)
+        _, adversarial_recon_cotangent = d_vjp(adversarial_weight * fake_cotangent)
+        recon_cotangent = recon_cotangent + adversarial_recon_cotangent
+        total = total + adversarial_weight * g_adversarial
+
+        anchors = (train_state.lecam_real[...], train_state.lecam_fake[...])
+
+        def real_side(params):
+            """The discriminator objective's real-clip terms (with R1); fake logits held fixed."""
+            r1, real_logits = gan_losses.r1_penalty(lambda x: discriminate(params, x), video)
+            fake = jax.lax.stop_gradient(fake_logits)
+            d_loss = gan_losses.discriminator_loss(real_logits, fake, kind)
+            lecam = gan_losses.lecam_loss(real_logits, fake, *anchors)
+            objective = d_loss + loss.discriminator_r1_cost * r1 + loss.lecam_weight * lecam
+            return objective, (real_logits, d_loss, r1, lecam)
+
+        (_, (real_logits, d_loss, r1, lecam)), d_grads_real = jax.value_and_grad(
+            real_side, has_aux=True
+        )(d_params)
+        real_fixed = jax.lax.stop_gradient(real_logits)
+        fake_d_cotangent = jax.grad(
+            lambda f: (
+                gan_losses.discriminator_loss(real_fixed, f, kind)
+                + loss.lecam_weight * gan_losses.lecam_loss(real_fixed, f, *anchors)
+            )
+        )(fake_logits)
+        d_grads_fake, _ = d_vjp(fake_d_cotangent)
+        d_grads = jax.tree.map(lambda a, b: active * (a + b), d_grads_real, d_grads_fake)
+        new_real, new_fake = gan_losses.update_lecam_ema(
+            *anchors, real_logits, fake_logits, loss.lecam_ema_decay
+        )
+        anchors_next = (
+            jnp.where(active > 0, new_real, anchors[0]),
+            jnp.where(active > 0, new_fake, anchors[1]),
+        )
+        metrics.update(
+            {
+                "generator_adversarial_loss": g_adversarial,
+                "discriminator_loss": d_loss,
+                "r1_penalty": r1,
+                "lecam_loss": lecam,
+                "logits/real": jnp.mean(real_logits),
+                "logits/fake": jnp.mean(fake_logits),
+                "lecam/anchor_real": anchors_next[0],
+                "lecam/anchor_fake": anchors_next[1],
+                "discriminator_grad_norm": optax.tree.norm(d_grads),
+                "weights/generator_adversarial": adversarial_weight,
+                "weights/discriminator_r1": jnp.asarray(loss.discriminator_r1_cost, jnp.float32),
+                "weights/lecam": jnp.asarray(loss.lecam_weight, jnp.float32),
+            }
+        )
+
+    (g_grads,) = g_vjp((recon_cotangent, jnp.ones((), jnp.float32)))
+    metrics["loss"] = total
+    metrics["train_psnr"] = jnp.mean(
+        image_metrics.psnr(jnp.clip((reconstruction + 1) / 2, 0, 1), (video + 1) / 2, max_value=1.0)
+    )
+    return Gradients(g_grads, d_grads, anchors_next, metrics)
 
 
 def train_step(
     graphdef: nnx.GraphDef,
-    loss_config: ml_collections.ConfigDict,
-    ema_decay: float,
+    lpips_graphdef: nnx.GraphDef | None,
+    config: ml_collections.ConfigDict,
     schedule: optax.Schedule,
     state: nnx.State,
+    lpips_state: nnx.State | None,
     batch: dict[str, jax.Array],
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
-    """One optimizer step on a global batch; pure in (state, batch)."""
+    """One generator + discriminator step on a global batch; pure in (state, batch)."""
     train_state = nnx.merge(graphdef, state)
     step = train_state.optimizer.step[...]
-    video = to_float(batch["video"])
-    grad_fn = nnx.grad(lambda m: compute_losses(m, video, step, loss_config), has_aux=True)
-    grads, metrics = grad_fn(train_state.model)
-    train_state.optimizer.update(train_state.model, grads)
-    decay = optim.ema_decay_at(step, ema_decay)
+    perceptual = None if lpips_graphdef is None else nnx.merge(lpips_graphdef, lpips_state)
+    grads = compute_gradients(train_state, perceptual, to_float(batch["video"]), config.loss)
+    train_state.optimizer.update(train_state.model, grads.generator)
+    if grads.discriminator is not None:
+        train_state.discriminator_optimizer.update(train_state.discriminator, grads.discriminator)
+        train_state.lecam_real[...], train_state.lecam_fake[...] = grads.lecam_anchors
+    decay = optim.ema_decay_at(step, config.ema_decay)
     params = nnx.state(train_state.model, nnx.Param)
     ema_params = nnx.state(train_state.ema_model, nnx.Param)
     nnx.update(train_state.ema_model, optim.ema_update(ema_params, params, decay))
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics = grads.metrics
+    metrics["grad_norm"] = optax.tree.norm(grads.generator)
     metrics["learning_rate"] = schedule(step)
     return nnx.state(train_state), metrics
 
@@ -343,17 +516,6 @@ class Evaluator:
                 (samples / (stem + suffix)).write_bytes(epath.Path(local).read_bytes())
 
 
-def _warn_untrained_losses(loss: ml_collections.ConfigDict) -> None:
-    missing = [f"{k}={loss[k]}" for k in _NOT_YET_TRAINED if loss[k]]
-    if missing:
-        logging.warning(
-            "The tokenizer recipe lists losses this trainer does not compute yet "
-            "(adversarial, perceptual, R1, LeCAM: %s); training uses reconstruction + LFQ "
-            "losses only.",
-            ", ".join(missing),
-        )
-
-
 class _Run:
     """What training and `--mode=eval` both set up: mesh, training data, checkpoints."""
 
@@ -384,14 +546,38 @@ class _Run:
 
     def create_or_restore_state(self) -> tuple[nnx.GraphDef, nnx.State, nnx.State, int]:
         """The sharded train state: fresh, or the workdir's latest checkpoint (data position too)."""
-        tx = optim.make_optimizer(self.config.optimizer, self.config.num_train_steps)
         return loop.create_or_restore_state(
-            lambda: TrainState(build_model(self.config), tx),
+            lambda: create_train_state(self.config),
             self.mesh,
             self.config.sharding_rules,
             self.checkpointer,
             self.train_iter,
         )
+
+
+def load_tokenizer(
+    workdir: str, *, step: int | None = None
+) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+    """The EMA tokenizer of a tokenizer run (latest checkpoint, or `step`) and that run's config.
+
+    For later stages (transformers) that use the tokenizer frozen; the model is
+    built from the config saved with the checkpoint, so it needs no other input.
+    """
+    checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=1, save_interval_steps=1)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(
+                f"No tokenizer checkpoint in {checkpointer.directory}; train one first "
+                f"(python -m videogen.main --config=experiments/quickstart.py --workdir={workdir}) "
+                "or point the config's tokenizer_workdir at a finished tokenizer run."
+            )
+        config = checkpointer.restore_config(step)
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: create_train_state(config)))
+        state = checkpointer.restore_state(step, abstract)
+    finally:
+        checkpointer.close()
+    return nnx.merge(graphdef, state).ema_model, config
 
 
 @dataclasses.dataclass
@@ -411,7 +597,6 @@ def train_and_evaluate(
     `stop_at_step` ends this run early, after saving, as a preemption would.
     """
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    _warn_untrained_losses(config.loss)
     run = _Run(config, workdir)
     mesh, train_source, train_iter, checkpointer = (
         run.mesh,
@@ -422,12 +607,19 @@ def train_and_evaluate(
     graphdef, state, state_shardings, step = run.create_or_restore_state()
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
 
-    step_fn = jax.jit(
-        functools.partial(train_step, graphdef, config.loss, config.ema_decay, schedule),
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+    lpips_graphdef, lpips_state = (
+        nnx.split(lpips.load_lpips()) if config.loss.perceptual_weight > 0 else (None, None)
+    )
+    jitted_step = jax.jit(
+        functools.partial(train_step, graphdef, lpips_graphdef, config, schedule),
+        in_shardings=(state_shardings, sharding.replicated(mesh), sharding.batch_sharding(mesh)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
+
+    def step_fn(state, batch):
+        return jitted_step(state, lpips_state, batch)
+
     evaluator = Evaluator(config, graphdef, state_shardings, mesh, workdir)
     writer = loop.create_writer(workdir)
     if step == 0:

@@ -1,0 +1,137 @@
+"""The tokenizer's GAN step: shared-forward gradients equal the textbook two-pass ones."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from videogen.evaluation import lpips
+from videogen.trainers import gan_losses
+from videogen.trainers import tokenizer as trainer
+from test_config import load_experiment
+from test_tokenizer_trainer import tiny
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = tiny(load_experiment("quickstart").get_config())
+    state = trainer.TrainState(
+        trainer.build_model(config),
+        optax.adam(1e-3),
+        trainer.build_discriminator(config),
+        optax.adam(1e-3),
+    )
+    # Non-zero LeCAM anchors, so that both hinges of the LeCAM loss are active.
+    state.lecam_real[...] = jnp.float32(0.05)
+    state.lecam_fake[...] = jnp.float32(-0.05)
+    perceptual = lpips.LPIPS(rngs=nnx.Rngs(3))  # random VGG: the check is about the plumbing
+    shape = (2, config.data.num_frames, config.data.resolution, config.data.resolution, 3)
+    video = jax.random.uniform(jax.random.key(0), shape, minval=-1.0, maxval=1.0)
+    return config, state, perceptual, video
+
+
+def _reference_gradients(config, state, perceptual, video):
+    """Each player's objective differentiated on its own, with separate forward passes."""
+    loss = config.loss
+    step = state.optimizer.step[...]
+    disc = state.discriminator
+    kind = loss.generator_loss_type
+    anchors = (state.lecam_real[...], state.lecam_fake[...])
+
+    def generator_objective(model):
+        recon, aux = model(video)
+        total = loss.reconstruction_weight * jnp.mean(jnp.square(recon - video))
+        for name, value in aux["losses"].items():
+            total += trainer.quantizer_loss_weight(name, step, loss) * value
+        total += loss.perceptual_weight * jnp.mean(perceptual.video(recon, video))
+        total += loss.generator_adversarial_weight * gan_losses.generator_loss(disc(recon), kind)
+        return total, recon
+
+    g_grads, recon = nnx.grad(generator_objective, has_aux=True)(state.model)
+    fake_video = jax.lax.stop_gradient(recon)
+
+    def discriminator_objective(d):
+        real, fake = d(video), d(fake_video)
+        r1 = jnp.mean(
+            jnp.sum(jnp.square(jax.grad(lambda x: jnp.sum(d(x)))(video)), axis=(1, 2, 3, 4))
+        )
+        return (
+            gan_losses.discriminator_loss(real, fake, kind)
+            + loss.discriminator_r1_cost * r1
+            + loss.lecam_weight * gan_losses.lecam_loss(real, fake, *anchors)
+        )
+
+    d_grads = nnx.grad(discriminator_objective)(disc)
+    return g_grads, d_grads
+
+
+def _assert_trees_close(actual, expected):
+    actual, expected = nnx.to_pure_dict(actual), nnx.to_pure_dict(expected)
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        scale = float(jnp.max(jnp.abs(e))) + 1e-12
+        assert float(jnp.max(jnp.abs(a - e))) <= 1e-4 * scale + 1e-7
+
+
+def test_shared_forward_gradients_equal_two_pass_gradients(setup):
+    config, state, perceptual, video = setup
+    config.unlock()
+    config.loss.adversarial_start_step = 0
+    grads = trainer.compute_gradients(state, perceptual, video, config.loss)
+    g_ref, d_ref = _reference_gradients(config, state, perceptual, video)
+    _assert_trees_close(grads.generator, g_ref)
+    _assert_trees_close(grads.discriminator, d_ref)
+    assert float(grads.metrics["lecam_loss"]) > 0 and float(grads.metrics["r1_penalty"]) > 0
+    # The anchors move towards this batch's mean logits by (1 - decay).
+    expected = 0.999 * 0.05 + 0.001 * float(grads.metrics["logits/real"])
+    assert float(grads.lecam_anchors[0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_adversarial_terms_wait_for_their_start_step(setup):
+    config, state, perceptual, video = setup
+    config.unlock()
+    config.loss.adversarial_start_step = 5
+    grads = trainer.compute_gradients(state, perceptual, video, config.loss)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads.discriminator))
+    assert float(grads.metrics["weights/generator_adversarial"]) == 0.0
+    assert float(grads.lecam_anchors[0]) == pytest.approx(0.05)  # anchors frozen too
+    config.loss.adversarial_start_step = 0
+    config.loss.generator_adversarial_weight = 0.0
+    without_gan = trainer.compute_gradients(state, perceptual, video, config.loss)
+    # Before the start step the generator's gradient is the GAN-free one.
+    _assert_trees_close(grads.generator, without_gan.generator)
+    config.loss.generator_adversarial_weight = 0.1
+
+
+def test_training_logs_every_recipe_loss_and_weight(tmp_path):
+    config = tiny(
+        load_experiment("quickstart").get_config(),
+        **{"num_train_steps": 2, "loss.adversarial_start_step": 1},
+    )
+    result = trainer.train_and_evaluate(config, str(tmp_path))
+    logged = result.history[-1]
+    for key in (
+        "reconstruction_loss",
+        "perceptual_loss",
+        "commitment_loss",
+        "entropy_loss",
+        "generator_adversarial_loss",
+        "discriminator_loss",
+        "r1_penalty",
+        "lecam_loss",
+        "weights/reconstruction",
+        "weights/perceptual",
+        "weights/commitment",
+        "weights/entropy",
+        "weights/generator_adversarial",
+        "weights/discriminator_r1",
+        "weights/lecam",
+    ):
+        assert key in logged and np.isfinite(logged[key]), key
+    assert result.history[0]["weights/generator_adversarial"] == 0.0  # step 1 is before the start
+    assert logged["weights/generator_adversarial"] == pytest.approx(0.1)
+    assert logged["discriminator_grad_norm"] > 0
+    events = list(tmp_path.glob("events.out.tfevents*")) + list(tmp_path.glob("*/events*"))
+    assert events, "no TensorBoard event file"

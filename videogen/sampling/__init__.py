@@ -1,0 +1,1 @@
+"""Decoding token sequences from trained generators."""

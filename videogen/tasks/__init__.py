@@ -1,0 +1,1 @@
+"""Generation tasks: how a condition becomes model inputs (COMMIT for MAGVIT)."""
