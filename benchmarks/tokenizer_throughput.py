@@ -27,6 +27,7 @@ from flax import nnx
 import numpy as np
 
 from videogen import optim
+from videogen.evaluation import lpips
 from videogen.trainers import tokenizer as trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -66,14 +67,16 @@ def measure(spec: str, repeats: int) -> dict:
     b, t, r = config.batch_size, config.data.num_frames, config.data.resolution
     video = jnp.asarray(np.random.default_rng(0).integers(0, 256, (b, t, r, r, 3), dtype=np.uint8))
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
-    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-    graphdef, state = nnx.split(trainer.TrainState(trainer.build_model(config), tx))
+    graphdef, state = nnx.split(trainer.create_train_state(config))
+    lpips_graphdef, lpips_state = (
+        nnx.split(lpips.load_lpips()) if config.loss.perceptual_weight > 0 else (None, None)
+    )
     step = jax.jit(
-        functools.partial(trainer.train_step, graphdef, config.loss, config.ema_decay, schedule)
+        functools.partial(trainer.train_step, graphdef, lpips_graphdef, config, schedule)
     )
     batch = {"video": video}
-    step_flops = flops_of(step, state, batch)
-    step_seconds = best_seconds(lambda: step(state, batch), repeats)
+    step_flops = flops_of(step, state, lpips_state, batch)
+    step_seconds = best_seconds(lambda: step(state, lpips_state, batch), repeats)
 
     model = nnx.merge(graphdef, state).model
     model_graphdef, model_state = nnx.split(model)
@@ -107,7 +110,11 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--configs", default="quickstart,magvit2_k600:runlocal")
+    parser.add_argument(
+        "--configs",
+        default="quickstart,quickstart:recipe=reconstruction,magvit2_k600:runlocal",
+        help="experiments[:args], comma-separated; ':recipe=reconstruction' drops GAN + LPIPS",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     peak = measure_matmul_gflops()

@@ -1,57 +1,42 @@
-r"""Quickstart: train a MAGVIT-v2 tokenizer on embedded data, on a laptop CPU.
+r"""Quickstart: the whole MAGVIT-v2 recipe on embedded data, on a laptop CPU.
 
   python -m videogen.main --config=experiments/quickstart.py --workdir=runs/quickstart
 
-Trains the causal LFQ tokenizer on moving digits and real clips (both embedded,
-no download), then reports held-out PSNR/SSIM of the EMA model on each, against
-the clips down-sampled to the latent grid and linearly up-sampled back.
-Finishes in under 20 minutes on 2 CPU cores. `steps=N` changes the length.
+Runs in order, each stage in its own sub-directory of the workdir:
+  1. image_tokenizer: the tokenizer with 1x3x3 kernels on single frames;
+  2. tokenizer: the causal video tokenizer, initialised by inflating stage 1
+     (temporally last slice) and trained with the full recipe (thesis 5.4);
+Each stage reports its held-out metrics (eval_step*.json, TensorBoard, grids
+under samples/). An interrupted run resumes where it stopped; finished stages
+are not run again. Stage configs: experiments/quickstart_tokenizer.py.
 """
 
+import importlib.util
+import os
+
+import ml_collections
+
 from videogen import config as config_lib
-from videogen.evaluation import evaluator
+
+
+def _sibling(name: str):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, steps=2400, recipe="full")
-    if args.recipe not in ("full", "reconstruction"):
-        raise ValueError(
-            f"quickstart recipe={args.recipe!r}; use recipe=full (every loss of the thesis "
-            "recipe) or recipe=reconstruction (L2 + LFQ losses only, for comparison)."
-        )
-    c = config_lib.tokenizer_config()
-    c.data.name = "moving_digits+real_clips"
-    c.data.num_frames = 9  # 1 + 4*2
-    c.data.resolution = 32
-    # Two down-samplings, each also 2x in time (4x4x4): 9x32x32 -> 3x8x8 tokens.
-    c.model.base_channels = 16
-    c.model.channel_multipliers = (1, 2, 4)
-    c.model.temporal_downsample = (True, True)
-    c.model.num_res_blocks = 1
-    c.model.num_groups = 8
-    c.model.num_bits = 18
-    c.discriminator.base_channels = 16
-    c.discriminator.channel_multipliers = (2, 4, 4)  # 32 -> 4 pixels, like 128 -> 4 in the thesis
-    # A short CPU run learns more from many small steps than from few large ones.
-    c.batch_size = 4
-    c.num_train_steps = args.steps
-    c.optimizer.peak_lr = 1e-3  # small model, short run: 10x the thesis' rate
-    c.optimizer.warmup_steps = 100
-    c.optimizer.b1 = 0.9  # momentum steadies batch-4 steps (the thesis uses 0 at batch 256)
-    c.optimizer.end_lr_fraction = 0.1  # a short run still learns in its last steps
-    c.discriminator_optimizer.warmup_steps = 100
-    c.loss.entropy_anneal_steps = 600
-    # The GAN starts once reconstructions have taken shape, as VQGAN-style recipes do.
-    c.loss.adversarial_start_step = 600
-    if args.recipe == "reconstruction":
-        c.loss.generator_adversarial_weight = 0.0
-        c.loss.perceptual_weight = 0.0
-    c.checkpoint.every_steps = 100
-    c.log_every_steps = 50
-    c.eval.datasets = "moving_digits,real_clips"
-    c.eval.num_examples = 64
-    c.eval.batch_size = 8
-    c.eval.every_steps = 800
-    c.eval.frechet = evaluator.protocol_config("quickstart", num_samples=64)
+    args = config_lib.parse_arg(arg, image_steps=400, tokenizer_steps=2400)
+    tokenizer = _sibling("quickstart_tokenizer")
+    image = tokenizer.get_config(f"image=true,steps={args.image_steps}")
+    video = tokenizer.get_config(f"steps={args.tokenizer_steps}")
+    video.init.image_workdir = "@image_tokenizer"
+    c = ml_collections.ConfigDict()
+    c.trainer = "pipeline"
+    c.stage_order = ("image_tokenizer", "tokenizer")
+    c.stages = ml_collections.ConfigDict({"image_tokenizer": image, "tokenizer": video})
     c.lock()
     return c

@@ -56,7 +56,7 @@ def test_k600_config_is_the_thesis_recipe():
 
 
 def test_locked_config_rejects_typos():
-    c = load_experiment("quickstart").get_config()
+    c = load_experiment("quickstart_tokenizer").get_config()
     with pytest.raises(AttributeError):
         c.datset = "moving_digits"
     with pytest.raises(AttributeError):

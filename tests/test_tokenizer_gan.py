@@ -16,7 +16,7 @@ from test_tokenizer_trainer import tiny
 
 @pytest.fixture(scope="module")
 def setup():
-    config = tiny(load_experiment("quickstart").get_config())
+    config = tiny(load_experiment("quickstart_tokenizer").get_config())
     state = trainer.TrainState(
         trainer.build_model(config),
         optax.adam(1e-3),
@@ -45,7 +45,13 @@ def _reference_gradients(config, state, perceptual, video):
         total = loss.reconstruction_weight * jnp.mean(jnp.square(recon - video))
         for name, value in aux["losses"].items():
             total += trainer.quantizer_loss_weight(name, step, loss) * value
-        total += loss.perceptual_weight * jnp.mean(perceptual.video(recon, video))
+        # The frames LPIPS sees (2 random ones per clip in the quickstart recipe).
+        frames = trainer.perceptual_frames(
+            step, video.shape[1], video.shape[0], loss.perceptual_frames_per_clip
+        )
+        a = jnp.stack([recon[i, frames[i]] for i in range(video.shape[0])])
+        b = jnp.stack([video[i, frames[i]] for i in range(video.shape[0])])
+        total += loss.perceptual_weight * jnp.mean(perceptual.video(a, b))
         total += loss.generator_adversarial_weight * gan_losses.generator_loss(disc(recon), kind)
         return total, recon
 
@@ -79,6 +85,7 @@ def test_shared_forward_gradients_equal_two_pass_gradients(setup):
     config, state, perceptual, video = setup
     config.unlock()
     config.loss.adversarial_start_step = 0
+    assert config.loss.perceptual_frames_per_clip == 2
     grads = trainer.compute_gradients(state, perceptual, video, config.loss)
     g_ref, d_ref = _reference_gradients(config, state, perceptual, video)
     _assert_trees_close(grads.generator, g_ref)
@@ -107,7 +114,7 @@ def test_adversarial_terms_wait_for_their_start_step(setup):
 
 def test_training_logs_every_recipe_loss_and_weight(tmp_path):
     config = tiny(
-        load_experiment("quickstart").get_config(),
+        load_experiment("quickstart_tokenizer").get_config(),
         **{"num_train_steps": 2, "loss.adversarial_start_step": 1},
     )
     result = trainer.train_and_evaluate(config, str(tmp_path))
@@ -135,3 +142,11 @@ def test_training_logs_every_recipe_loss_and_weight(tmp_path):
     assert logged["discriminator_grad_norm"] > 0
     events = list(tmp_path.glob("events.out.tfevents*")) + list(tmp_path.glob("*/events*"))
     assert events, "no TensorBoard event file"
+
+
+def test_perceptual_frames_are_distinct_and_depend_on_the_step_only():
+    a = np.asarray(trainer.perceptual_frames(jnp.int32(7), 9, 4, 2))
+    assert a.shape == (4, 2) and all(len(set(row)) == 2 for row in a) and a.max() < 9
+    np.testing.assert_array_equal(a, np.asarray(trainer.perceptual_frames(jnp.int32(7), 9, 4, 2)))
+    assert not np.array_equal(a, np.asarray(trainer.perceptual_frames(jnp.int32(8), 9, 4, 2)))
+    assert trainer.perceptual_frames(jnp.int32(7), 9, 4, 0) is None  # the thesis: every frame

@@ -66,10 +66,16 @@ def params_of(state):
 
 
 @pytest.mark.parametrize(
-    "name,arg", [("quickstart", None), ("magvit2_k600", "runlocal"), ("magvit2_k600", None)]
+    "name,arg,extra",
+    [
+        ("quickstart_tokenizer", None, {}),
+        ("quickstart_tokenizer", "image=true", {"data.num_frames": 1}),
+        ("magvit2_k600", "runlocal", {}),
+        ("magvit2_k600", None, {}),
+    ],
 )
-def test_every_experiment_builds_and_runs_two_steps(tmp_path, name, arg):
-    config = tiny(load_experiment(name).get_config(arg), **{"eval.at_end": True})
+def test_every_experiment_builds_and_runs_two_steps(tmp_path, name, arg, extra):
+    config = tiny(load_experiment(name).get_config(arg), **{"eval.at_end": True, **extra})
     result = videogen_main.run(config, str(tmp_path))
     assert result.step == 2
     assert np.isfinite(result.train_metrics["loss"])
@@ -80,7 +86,7 @@ def test_every_experiment_builds_and_runs_two_steps(tmp_path, name, arg):
 
 def test_resume_equals_uninterrupted(tmp_path):
     """4 steps straight == 2 steps, restart from the checkpoint, 2 more steps."""
-    config = tiny(load_experiment("quickstart").get_config(), num_train_steps=4)
+    config = tiny(load_experiment("quickstart_tokenizer").get_config(), num_train_steps=4)
     straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
     first = trainer.train_and_evaluate(config, str(tmp_path / "resumed"), stop_at_step=2)
     assert first.step == 2
@@ -99,7 +105,9 @@ def test_sharded_equals_unsharded(tmp_path):
     results = {}
     for shape in [(1, 1, 1), (2, 2, 2)]:
         config = tiny(
-            load_experiment("quickstart").get_config(), num_train_steps=3, **{"mesh.shape": shape}
+            load_experiment("quickstart_tokenizer").get_config(),
+            num_train_steps=3,
+            **{"mesh.shape": shape},
         )
         results[shape] = trainer.train_and_evaluate(config, str(tmp_path / str(shape)))
     one, eight = results[(1, 1, 1)], results[(2, 2, 2)]
@@ -130,7 +138,7 @@ def test_nan_metric_stops_with_step_and_name():
 
 
 def test_unknown_trainer_is_an_error(tmp_path):
-    config = load_experiment("quickstart").get_config()
+    config = load_experiment("quickstart_tokenizer").get_config()
     config.trainer = "tokeniser"
     with pytest.raises(ValueError, match="'tokeniser'.*available: .*'tokenizer'"):
         videogen_main.run(config, str(tmp_path))
@@ -146,7 +154,7 @@ def _cli(workdir, steps):
         sys.executable,
         "-m",
         "videogen.main",
-        "--config=experiments/quickstart.py",
+        "--config=experiments/quickstart_tokenizer.py",
         f"--workdir={workdir}",
         f"--config.num_train_steps={steps}",
         *flags,
@@ -223,7 +231,7 @@ def test_eval_mode_reports_the_checkpoint_metrics(tmp_path, capsys):
     computed by the first evaluation and reused by the second.
     """
     config = tiny(
-        load_experiment("quickstart").get_config(),
+        load_experiment("quickstart_tokenizer").get_config(),
         **{
             "data.num_frames": 9,
             "eval.frechet.num_samples": 4,

@@ -99,9 +99,14 @@ def tokenizer_config() -> ml_collections.ConfigDict:
             num_groups=32,
             entropy_temperature=0.01,  # not in the thesis
             entropy_groups=1,  # exact codebook entropy over all 2^18 codes
+            temporal_kernel_size=3,  # 1 builds the image (T=1) model that is later inflated
             remat=False,
         )
     )
+    # Image-to-video inflation (thesis 5.4.2): a fresh run starts from the EMA
+    # tokenizer of an image run (same model, temporal_kernel_size=1, 1-frame data).
+    # "auto": the temporally last slice for the causal tokenizer, central for the 3D-VQ.
+    c.init = ml_collections.ConfigDict(dict(image_workdir="", inflation="auto"))
     c.data = ml_collections.ConfigDict(
         dict(
             name="video_folder",
@@ -129,6 +134,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
             adversarial_start_step=0,  # generator and discriminator losses start here
             discriminator_r1_cost=10.0,
             perceptual_weight=0.1,  # LPIPS-VGG16 per frame; 0 turns it off
+            perceptual_frames_per_clip=0,  # 0: every frame (thesis); n: n random frames per clip
             lecam_weight=0.001,
             lecam_ema_decay=0.999,  # not in the thesis (LeCAM paper's default)
         )
@@ -174,3 +180,153 @@ def tokenizer_config() -> ml_collections.ConfigDict:
         "", network="i3d", num_samples=1024, num_repeats=1, num_frames=17, resolution=128
     )
     return c
+
+
+def maskgit_config() -> ml_collections.ConfigDict:
+    """MAGVIT's masked transformer with COMMIT over frozen tokenizer tokens (thesis 6.4, 6.5.6).
+
+    The defaults are the MAGVIT-v2 Kinetics-600 frame-prediction setup (5.4.2):
+    17x128x128 clips -> 5x16x16 tokens of 2^18, factorized into 2 x 2^9, the
+    first 5 frames (2 latent frames) as condition, 12 decoding steps, cosine
+    schedule, temperature 32; the stage-2 recipe of 6.5.6 (dropout 0.1, Adam
+    0.9/0.96, weight decay 0.045, label smoothing 1e-4, gradient norm 1, batch
+    256). Experiments adjust tasks, data and decoding. Entries marked "not in
+    the thesis" are our choices where it is silent.
+    """
+    c = ml_collections.ConfigDict()
+    c.trainer = "maskgit"
+    c.seed = 0
+    # A finished tokenizer run (videogen.trainers.tokenizer); its EMA model is used frozen.
+    c.tokenizer_workdir = "runs/magvit2_k600"
+    # Appended to the "no tokenizer checkpoint" error: the command that trains it.
+    c.tokenizer_command = (
+        "python -m videogen.main --config=experiments/magvit2_k600.py --workdir=runs/magvit2_k600"
+    )
+    c.model = ml_collections.ConfigDict(
+        dict(
+            # Table 6.1 variant ("B", "L", "H"), or "" to give the four sizes below.
+            size="L",  # ~300M parameters, the MLM of 5.4.2
+            hidden_size=0,
+            num_layers=0,
+            num_heads=0,
+            mlp_dim=0,
+            num_factors=2,  # 2^18 -> two sub-vocabularies of 2^9 (5.3.2, 5.4.2)
+            dropout_rate=0.1,
+            attention_dropout_rate=0.1,
+            remat=False,
+        )
+    )
+    # Task mixture (videogen/tasks/commit.py); a task's index in `names` is its prompt id.
+    c.tasks = ml_collections.ConfigDict(
+        dict(
+            names=("FP",),
+            weights=(1.0,),
+            # Per-task field overrides of commit.TASKS; K600 conditions on 5 frames (5.4.2).
+            overrides=ml_collections.ConfigDict({"FP": {"first_frames": 5}}),
+        )
+    )
+    c.mask_schedule = "cosine"  # training mask ratios (6.5.6)
+    c.loss = ml_collections.ConfigDict(
+        dict(
+            # Eq. 6.3 weighs every position alike; Table 6.8 ablates dropping terms.
+            refine_weight=1.0,
+            mask_weight=1.0,
+            recons_weight=1.0,
+            label_smoothing=1e-4,
+        )
+    )
+    # Class-conditional tasks see the "no class" id instead of the label this often (CFG).
+    c.class_drop_prob = 0.1
+    c.num_classes = 0  # K600 frame prediction is not class-conditional
+    c.data = ml_collections.ConfigDict(
+        dict(
+            name="video_folder",
+            path="",
+            num_frames=17,
+            frame_stride=1,
+            resolution=128,
+            worker_count=0,
+            missing_hint="",
+        )
+    )
+    c.batch_size = 256
+    # 360 epochs of the 384K K600 training videos at batch 256 (5.4.2).
+    c.num_train_steps = 540_000
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            peak_lr=1e-4,
+            warmup_steps=5000,  # not in the thesis ("linear warm up")
+            end_lr_fraction=0.0,
+            b1=0.9,
+            b2=0.96,
+            eps=1e-8,
+            weight_decay=0.045,
+            grad_clip_norm=1.0,
+        )
+    )
+    c.mesh = mesh_config()
+    c.sharding_rules = DEFAULT_SHARDING_RULES
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+    c.log_every_steps = 50
+    # Algorithm 1; 6.5.6's default is cosine, 12 steps, temperature 4.5; 5.4.2 uses 32.
+    c.decoding = ml_collections.ConfigDict(
+        dict(
+            num_steps=12,
+            schedule="cosine",
+            choice_temperature=32.0,
+            # Classifier-free guidance scale for class-conditional tasks (0 = off).
+            guidance_scale=0.0,
+            # True fixes condition tokens to z~ instead of refining them (not the thesis).
+            keep_condition=False,
+        )
+    )
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            dataset="video_folder",
+            path="",  # folder/data_dir of the held-out split when it differs from data.path
+            tasks=("FP",),
+            # The protocol's 50,000 x 4 samples, read by one loader in one pass (6.5.6).
+            num_examples=200_000,
+            batch_size=32,
+            # A full-protocol evaluation generates 50,000 clips per repeat: at the end only.
+            every_steps=0,
+            at_end=True,
+            grid_examples=8,
+            fps=8,
+            # Training steps of the moving-digits classifier for class accuracy (0: its default).
+            classifier_steps=0,
+        )
+    )
+    # The K600 protocol (6.5.6): 50,000 x 4 samples, the first 16 frames at 64x64.
+    # The real distribution here is one view per held-out clip (2 temporal windows
+    # x 3 crops per video needs a source that yields several views of one video).
+    c.eval.frechet = evaluator.protocol_config(
+        "k600_fp", real_temporal_windows=1, real_spatial_crops=1
+    )
+    return c
+
+
+def maskgit_runlocal(c: ml_collections.ConfigDict) -> None:
+    """Shrinks a `maskgit_config` experiment in place to a CPU run on embedded data.
+
+    Tokens come from the CPU-sized MAGVIT-v2 tokenizer of
+    `experiments/magvit2_k600.py:runlocal` (9x32x32 clips -> 3x4x4 tokens of
+    2^18, factorized 2 x 2^9); the transformer is a 4-layer BERT of width 128.
+    """
+    c.tokenizer_workdir = "runs/magvit2_k600_local"
+    c.tokenizer_command = (
+        "python -m videogen.main --config=experiments/magvit2_k600.py:runlocal "
+        "--workdir=runs/magvit2_k600_local"
+    )
+    c.data.update(name="moving_digits+real_clips", path="", missing_hint="")
+    c.data.update(num_frames=9, resolution=32)
+    c.model.update(size="", hidden_size=128, num_layers=4, num_heads=4, mlp_dim=512)
+    c.batch_size = 8
+    c.num_train_steps = 3000
+    c.optimizer.warmup_steps = 200
+    c.optimizer.peak_lr = 5e-4  # small model, short run: 5x the thesis' rate
+    c.checkpoint.every_steps = 500
+    c.log_every_steps = 50
+    c.eval.update(dataset="moving_digits", path="", num_examples=64, batch_size=8)
+    c.eval.update(every_steps=1000, grid_examples=8)
+    c.eval.frechet = evaluator.protocol_config("quickstart", num_samples=64)

@@ -21,7 +21,7 @@ from etils import epath
 from flax import nnx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, UInt8
+from jaxtyping import Array, Float, Int, UInt8
 import ml_collections
 import numpy as np
 import optax
@@ -30,6 +30,7 @@ from videogen import checkpoint, optim, sharding
 from videogen.data import mixture, pipeline
 from videogen.evaluation import evaluator, image_metrics, lpips, video_grid
 from videogen.models import discriminator as discriminator_models
+from videogen.models import inflation
 from videogen.models import tokenizer as tokenizer_models
 from videogen.trainers import gan_losses, loop
 
@@ -147,9 +148,26 @@ def _generator_forward(
     return (reconstruction, quantizer_loss), metrics
 
 
+def perceptual_frames(
+    step: jax.Array, num_frames: int, batch: int, count: int
+) -> Int[Array, "b n"] | None:
+    """Frames each clip's LPIPS is taken on: all (None) if count is 0, else `count` random ones.
+
+    Random per step and clip but a function of the step only, so a resumed run
+    picks the same frames. LPIPS (VGG16 on every frame of real and
+    reconstruction) costs more than the tokenizer itself on small clips; a few
+    frames per clip give an unbiased estimate of the all-frames loss.
+    """
+    if count <= 0 or count >= num_frames:
+        return None
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(0), step), batch)
+    return jax.vmap(lambda k: jax.random.permutation(k, num_frames)[:count])(keys)
+
+
 def _pixel_objective(
     perceptual: nnx.Module | None,
     video: Float[Array, "b t h w c"],
+    step: jax.Array,
     loss: ml_collections.ConfigDict,
     reconstruction: Float[Array, "b t h w c"],
 ):
@@ -158,7 +176,15 @@ def _pixel_objective(
     total = loss.reconstruction_weight * l2
     parts = {"reconstruction_loss": l2}
     if perceptual is not None:
-        lpips_value = jnp.mean(perceptual.video(reconstruction, video))
+        frames = perceptual_frames(
+            step, video.shape[1], video.shape[0], loss.perceptual_frames_per_clip
+        )
+        a, b = reconstruction, video
+        if frames is not None:
+            index = frames[:, :, None, None, None]
+            a = jnp.take_along_axis(a, index, axis=1)
+            b = jnp.take_along_axis(b, index, axis=1)
+        lpips_value = jnp.mean(perceptual.video(a, b))
         total = total + loss.perceptual_weight * lpips_value
         parts["perceptual_loss"] = lpips_value
     return total, parts
@@ -198,7 +224,7 @@ def compute_gradients(
         has_aux=True,
     )
     (pixel_loss, parts), recon_cotangent = jax.value_and_grad(
-        functools.partial(_pixel_objective, perceptual, video, loss), has_aux=True
+        functools.partial(_pixel_objective, perceptual, video, step, loss), has_aux=True
     )(reconstruction)
     metrics.update(parts)
     metrics["weights/reconstruction"] = jnp.asarray(loss.reconstruction_weight, jnp.float32)
@@ -546,13 +572,16 @@ class _Run:
 
     def create_or_restore_state(self) -> tuple[nnx.GraphDef, nnx.State, nnx.State, int]:
         """The sharded train state: fresh, or the workdir's latest checkpoint (data position too)."""
-        return loop.create_or_restore_state(
+        graphdef, state, shardings, step = loop.create_or_restore_state(
             lambda: create_train_state(self.config),
             self.mesh,
             self.config.sharding_rules,
             self.checkpointer,
             self.train_iter,
         )
+        if step == 0 and self.config.init.image_workdir:
+            state = inflate_from_image_run(self.config, graphdef, state, shardings)
+        return graphdef, state, shardings, step
 
 
 def load_tokenizer(
@@ -578,6 +607,49 @@ def load_tokenizer(
     finally:
         checkpointer.close()
     return nnx.merge(graphdef, state).ema_model, config
+
+
+def inflation_mode(config: ml_collections.ConfigDict) -> str:
+    if config.init.inflation != "auto":
+        return config.init.inflation
+    return "last" if config.model_class == "CausalVideoTokenizer" else "central"
+
+
+def inflate_from_image_run(
+    config: ml_collections.ConfigDict,
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    shardings: nnx.State,
+) -> nnx.State:
+    """`state` with tokenizer and EMA set to the inflated EMA tokenizer of `init.image_workdir`.
+
+    The discriminator is not inflated: it keeps its fresh initialisation (thesis 5.4.2).
+    """
+    image_model, image_config = load_tokenizer(config.init.image_workdir)
+    if image_config.model_class != config.model_class:
+        raise ValueError(
+            f"init.image_workdir={config.init.image_workdir!r} holds a {image_config.model_class} "
+            f"but this run trains a {config.model_class}; inflate from an image run of the "
+            "same class."
+        )
+    mode = inflation_mode(config)
+    train_state = nnx.merge(graphdef, state)
+    inflated = inflation.inflate_params(
+        nnx.to_pure_dict(nnx.state(image_model, nnx.Param)),
+        nnx.to_pure_dict(nnx.state(train_state.model, nnx.Param)),
+        mode,
+    )
+    for model in (train_state.model, train_state.ema_model):
+        params = nnx.state(model, nnx.Param)
+        # Own buffers per model: the donated train state must not hold one array twice.
+        nnx.replace_by_pure_dict(params, jax.tree.map(jnp.copy, inflated))
+        nnx.update(model, params)
+    logging.info(
+        "Initialised the tokenizer by %s inflation of the image tokenizer in %s.",
+        mode,
+        config.init.image_workdir,
+    )
+    return jax.device_put(nnx.state(train_state), shardings)
 
 
 @dataclasses.dataclass
