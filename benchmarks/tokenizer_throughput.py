@@ -1,6 +1,6 @@
 """Tokenizer throughput: train steps/s, encode and decode clips/s, and achieved FLOP/s.
 
-    python benchmarks/tokenizer_throughput.py [--configs=quickstart,magvit2_k600:runlocal]
+    python benchmarks/tokenizer_throughput.py [--configs=quickstart_tokenizer,magvit2_k600:runlocal]
 
 For each experiment config, times (best of --repeats after a compiled warm-up)
   - the trainer's real jitted train step (forward, backward, Adam, EMA) on one batch,
@@ -72,7 +72,9 @@ def measure(spec: str, repeats: int) -> dict:
         nnx.split(lpips.load_lpips()) if config.loss.perceptual_weight > 0 else (None, None)
     )
     step = jax.jit(
-        functools.partial(trainer.train_step, graphdef, lpips_graphdef, config, schedule)
+        functools.partial(
+            trainer.train_step, graphdef, lpips_graphdef, config, schedule, trainer.uses_gan(config)
+        )
     )
     batch = {"video": video}
     step_flops = flops_of(step, state, lpips_state, batch)
@@ -112,7 +114,7 @@ def main():
     )
     parser.add_argument(
         "--configs",
-        default="quickstart,quickstart:recipe=reconstruction,magvit2_k600:runlocal",
+        default="quickstart_tokenizer,quickstart_tokenizer:recipe=reconstruction,magvit2_k600:runlocal",
         help="experiments[:args], comma-separated; ':recipe=reconstruction' drops GAN + LPIPS",
     )
     parser.add_argument("--repeats", type=int, default=3)

@@ -46,7 +46,7 @@ def get_config(arg: str | None = None):
     c.discriminator_optimizer.warmup_steps = 100
     c.loss.entropy_anneal_steps = 600
     # The GAN starts once reconstructions have taken shape, as VQGAN-style recipes do.
-    c.loss.adversarial_start_step = 600
+    c.loss.adversarial_start_step = 1200
     # LPIPS on 2 random frames of each clip per step: VGG16 on all 9 would cost 3x the tokenizer.
     c.loss.perceptual_frames_per_clip = 2
     if args.recipe == "reconstruction":

@@ -50,9 +50,15 @@ TINY_OVERRIDES = {
 }
 
 
+# Keys of the LFQ tokenizer that other tokenizer classes do not have.
+_LFQ_ONLY = ("model.num_bits",)
+
+
 def tiny(config, **extra):
     """Applies the tiny override in place, as `--config.key=value` flags would."""
     for key, value in {**TINY_OVERRIDES, **extra}.items():
+        if key in _LFQ_ONLY and config.model_class != "CausalVideoTokenizer":
+            continue
         node = config
         *parents, leaf = key.split(".")
         for p in parents:
@@ -72,6 +78,8 @@ def params_of(state):
         ("quickstart_tokenizer", "image=true", {"data.num_frames": 1}),
         ("magvit2_k600", "runlocal", {}),
         ("magvit2_k600", None, {}),
+        # The 3D-VQ's tiny twin: non-causal, so 4 frames (two 2x temporal poolings).
+        ("magvit_3dvq", "runlocal", {"data.num_frames": 4, "model.embedding_dim": 8}),
     ],
 )
 def test_every_experiment_builds_and_runs_two_steps(tmp_path, name, arg, extra):

@@ -203,8 +203,13 @@ def compute_gradients(
     perceptual: nnx.Module | None,
     video: Float[Array, "b t h w c"],
     loss: ml_collections.ConfigDict,
+    adversarial: bool = True,
 ) -> Gradients:
     """Gradients of the generator's and the discriminator's objectives at `train_state`.
+
+    `adversarial=False` leaves the discriminator out of the program entirely
+    (no gradient for it); the trainer compiles that cheaper step for the steps
+    before `loss.adversarial_start_step`.
 
     Generator: reconstruction (L2) + quantizer losses + perceptual (LPIPS) +
     adversarial. Discriminator: GAN loss on real clips and the reconstructions
@@ -232,8 +237,10 @@ def compute_gradients(
         metrics["weights/perceptual"] = jnp.asarray(loss.perceptual_weight, jnp.float32)
     total = pixel_loss + quantizer_loss
     d_grads = anchors_next = None
+    if train_state.discriminator is not None and not adversarial:
+        metrics["weights/generator_adversarial"] = jnp.zeros((), jnp.float32)
 
-    if train_state.discriminator is not None:
+    if train_state.discriminator is not None and adversarial:
         kind = loss.generator_loss_type
         active = (step >= loss.adversarial_start_step).astype(jnp.float32)
         d_graphdef, d_params, d_rest = nnx.split(train_state.discriminator, nnx.Param, ...)
@@ -310,15 +317,18 @@ def train_step(
     lpips_graphdef: nnx.GraphDef | None,
     config: ml_collections.ConfigDict,
     schedule: optax.Schedule,
+    adversarial: bool,
     state: nnx.State,
     lpips_state: nnx.State | None,
     batch: dict[str, jax.Array],
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
-    """One generator + discriminator step on a global batch; pure in (state, batch)."""
+    """One generator (+ discriminator if `adversarial`) step on a global batch; pure."""
     train_state = nnx.merge(graphdef, state)
     step = train_state.optimizer.step[...]
     perceptual = None if lpips_graphdef is None else nnx.merge(lpips_graphdef, lpips_state)
-    grads = compute_gradients(train_state, perceptual, to_float(batch["video"]), config.loss)
+    grads = compute_gradients(
+        train_state, perceptual, to_float(batch["video"]), config.loss, adversarial
+    )
     train_state.optimizer.update(train_state.model, grads.generator)
     if grads.discriminator is not None:
         train_state.discriminator_optimizer.update(train_state.discriminator, grads.discriminator)
@@ -682,15 +692,25 @@ def train_and_evaluate(
     lpips_graphdef, lpips_state = (
         nnx.split(lpips.load_lpips()) if config.loss.perceptual_weight > 0 else (None, None)
     )
-    jitted_step = jax.jit(
-        functools.partial(train_step, graphdef, lpips_graphdef, config, schedule),
-        in_shardings=(state_shardings, sharding.replicated(mesh), sharding.batch_sharding(mesh)),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
+    # Two programs: without the discriminator before the adversarial start step
+    # (cheaper), with it after; each is compiled when first used.
+    jitted_steps = {
+        adversarial: jax.jit(
+            functools.partial(train_step, graphdef, lpips_graphdef, config, schedule, adversarial),
+            in_shardings=(
+                state_shardings,
+                sharding.replicated(mesh),
+                sharding.batch_sharding(mesh),
+            ),
+            out_shardings=(state_shardings, sharding.replicated(mesh)),
+            donate_argnums=0,
+        )
+        for adversarial in (False, True)
+    }
 
-    def step_fn(state, batch):
-        return jitted_step(state, lpips_state, batch)
+    def step_fn(state, batch, step):
+        adversarial = uses_gan(config) and step >= config.loss.adversarial_start_step
+        return jitted_steps[adversarial](state, lpips_state, batch)
 
     evaluator = Evaluator(config, graphdef, state_shardings, mesh, workdir)
     writer = loop.create_writer(workdir)
@@ -713,7 +733,7 @@ def train_and_evaluate(
     with checkpoint.PreemptionGuard() as guard:
         while step < end:
             batch = sharding.shard_batch({"video": next(train_iter)["video"]}, mesh)
-            state, metrics = step_fn(state, batch)
+            state, metrics = step_fn(state, batch, step)
             step += 1
             progress(step)
             must_save = step % config.checkpoint.every_steps == 0 or step == end
