@@ -385,3 +385,42 @@ def test_processes_read_disjoint_examples_covering_the_epoch():
     assert len(seen[0]) == len(seen[1]) == 8
     assert not seen[0] & seen[1]
     assert seen[0] | seen[1] == everything
+
+
+def test_video_folder_eval_views_are_windows_times_crops(tmp_path):
+    """MAGVIT's K600 real-clip sampling: 2 temporal windows x 3 spatial crops per video."""
+    root = tmp_path / "videos"
+    root.mkdir()
+    frames = 40
+    _write_video(str(root / "a.mp4"), frames, height=48, width=96)
+    single = pipeline.make_source(
+        "video_folder", "eval", path=str(root), num_frames=4, resolution=16
+    )
+    views = pipeline.make_source(
+        "video_folder",
+        "eval",
+        path=str(root),
+        num_frames=4,
+        resolution=16,
+        temporal_windows=2,
+        spatial_crops=3,
+    )
+    assert len(single) == 1 and len(views) == 6
+    clips = [views[i]["video"] for i in range(6)]
+    # Crop 1 of 3 is the centre crop; the two windows start at the first and last frame.
+    np.testing.assert_array_equal(transforms.window_start(frames, 4, 0, 2), 0)
+    assert transforms.window_start(frames, 4, 1, 2) == frames - 4
+    assert transforms.window_start(frames, 4, 0, 1) == (frames - 4) // 2
+    assert all(c.shape == (4, 16, 16, 3) for c in clips)
+    # Different crops of one window differ (the frames are not uniform left to right),
+    # and so do the two windows of one crop.
+    assert not np.array_equal(clips[0], clips[2])
+    assert not np.array_equal(clips[1], clips[4])
+    with pytest.raises(ValueError, match="only 'video_folder' has it"):
+        pipeline.make_source(
+            "moving_digits", "eval", num_frames=4, resolution=16, temporal_windows=2
+        )
+    with pytest.raises(ValueError, match="the train split samples"):
+        pipeline.make_source(
+            "video_folder", "train", path=str(root), num_frames=4, resolution=16, spatial_crops=3
+        )

@@ -46,6 +46,8 @@ def make_source(
     path: str | None = None,
     num_examples: int | None = None,
     video_key: str = "video",
+    temporal_windows: int = 1,
+    spatial_crops: int = 1,
 ) -> VideoSource:
     """Builds the source `name` for `split` ("train" or "eval").
 
@@ -56,9 +58,17 @@ def make_source(
       path: the folder for "video_folder"; the TFDS data_dir for "tfds:...".
       num_examples: length of the split; each source has a default.
       video_key: the video feature of a TFDS dataset.
+      temporal_windows, spatial_crops: evenly spaced eval views per video
+        (evaluation protocols' real-clip sampling); "video_folder" only.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    if temporal_windows * spatial_crops > 1 and name != "video_folder":
+        raise ValueError(
+            f"dataset {name!r} has no multi-view eval sampling (temporal_windows="
+            f"{temporal_windows}, spatial_crops={spatial_crops}); only 'video_folder' has it. "
+            "Use 1 x 1 views."
+        )
     common = dict(
         num_frames=num_frames, resolution=resolution, num_examples=num_examples, seed=seed
     )
@@ -69,7 +79,14 @@ def make_source(
     if name == "video_folder":
         if path is None:
             raise ValueError("dataset 'video_folder' needs path=<folder of video files>.")
-        return VideoFolder(path, split, frame_stride=frame_stride, **common)
+        return VideoFolder(
+            path,
+            split,
+            frame_stride=frame_stride,
+            temporal_windows=temporal_windows,
+            spatial_crops=spatial_crops,
+            **common,
+        )
     if name.startswith("tfds:") and len(name) > len("tfds:"):
         return TfdsSource(
             name[len("tfds:") :],

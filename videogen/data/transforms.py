@@ -92,6 +92,30 @@ def sample_clip_start(num_available: int, span: int, rng: np.random.Generator | 
     return int(rng.integers(0, room + 1)) if rng is not None else room // 2
 
 
+def window_start(num_available: int, span: int, window: int, num_windows: int) -> int:
+    """Start of window `window` of `num_windows` evenly spaced clips (eval's multi-view sampling).
+
+    One window is the centred clip; more spread from the first to the last
+    possible start (e.g. MAGVIT's K600 protocol: 2 temporal windows per video).
+    """
+    room = max(num_available - span, 0)
+    if num_windows == 1:
+        return room // 2
+    return round(window * room / (num_windows - 1))
+
+
+def square_crop_at(video: np.ndarray, crop: int, num_crops: int) -> np.ndarray:
+    """Square crop `crop` of `num_crops` evenly spaced along the long side (1 = centred)."""
+    height, width = video.shape[1:3]
+    side = min(height, width)
+    if num_crops == 1:
+        return center_crop(video, side)
+    offset = round(crop * (max(height, width) - side) / (num_crops - 1))
+    if height > width:
+        return video[:, offset : offset + side]
+    return video[:, :, offset : offset + side]
+
+
 def clip_frame_indices(
     start: int, num_frames: int, frame_stride: int, num_available: int
 ) -> np.ndarray:

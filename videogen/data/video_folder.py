@@ -12,7 +12,9 @@ warning and counted in `skipped_files`. A file that fails later, at read
 time, is counted too and replaced by the next readable file in sorted order,
 so the replacement is deterministic. The folder has no split structure of its
 own: "train" draws clip starts and crops at random, "eval" takes the centred
-clip; point train and eval at different folders.
+clip, or `temporal_windows x spatial_crops` evenly spaced views of each video
+(the real-clip sampling of evaluation protocols, e.g. MAGVIT's K600: 2 x 3);
+point train and eval at different folders.
 
 Videos shorter than the clip span are padded by repeating their last frame
 (as is a file that decodes fewer frames than its header declares), so every
@@ -83,8 +85,10 @@ class VideoFolder:
     Args:
       path: folder searched recursively.
       split: "train" (random start and crop) or "eval" (centred).
-      num_examples: virtual length; example i reads file i % num_files.
-        Defaults to the number of readable files (one clip per file per epoch).
+      num_examples: virtual length; example i reads file (i // views) % num_files.
+        Defaults to the number of readable files times the views per file.
+      temporal_windows, spatial_crops: eval only; views per file, example i
+        being view i % views (window-major).
     """
 
     keys = ("video", "label", "caption")
@@ -99,9 +103,22 @@ class VideoFolder:
         frame_stride: int = 1,
         num_examples: int | None = None,
         seed: int = 0,
+        temporal_windows: int = 1,
+        spatial_crops: int = 1,
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if temporal_windows < 1 or spatial_crops < 1:
+            raise ValueError(
+                f"temporal_windows={temporal_windows} and spatial_crops={spatial_crops} must be >= 1."
+            )
+        if split == "train" and temporal_windows * spatial_crops > 1:
+            raise ValueError(
+                "temporal_windows/spatial_crops select fixed eval views; the train split samples "
+                "windows and crops at random. Use split='eval' or 1 x 1."
+            )
+        self.temporal_windows, self.spatial_crops = temporal_windows, spatial_crops
+        self.views = temporal_windows * spatial_crops
         root = os.fspath(path)
         expected = (
             f"expected a folder holding video files ({', '.join(VIDEO_EXTENSIONS)}), "
@@ -162,27 +179,35 @@ class VideoFolder:
             directories = sorted({os.path.dirname(f) for f in self.files})
             self.labels = [directories.index(os.path.dirname(f)) for f in self.files]
             self.captions = [""] * len(self.files)
-        self.num_examples = len(self.files) if num_examples is None else int(num_examples)
+        self.num_examples = (
+            len(self.files) * self.views if num_examples is None else int(num_examples)
+        )
 
     def __len__(self) -> int:
         return self.num_examples
 
-    def _read(self, file_index: int, rng: np.random.Generator | None) -> np.ndarray:
+    def _read(self, file_index: int, rng: np.random.Generator | None, view: int) -> np.ndarray:
         count = self.frame_counts[file_index]
-        start = transforms.sample_clip_start(
-            count, transforms.clip_span(self.num_frames, self.frame_stride), rng
-        )
+        span = transforms.clip_span(self.num_frames, self.frame_stride)
+        if rng is not None:
+            start = transforms.sample_clip_start(count, span, rng)
+        else:
+            window = view // self.spatial_crops
+            start = transforms.window_start(count, span, window, self.temporal_windows)
         indices = transforms.clip_frame_indices(start, self.num_frames, self.frame_stride, count)
         # Short side resized during decoding, so only the square crop is left.
         clip = read_frames(
             os.path.join(self.root, self.files[file_index]), indices, short_side=self.resolution
         )
-        return transforms.crop_and_resize(clip, self.resolution, rng)
+        if rng is not None:
+            return transforms.crop_and_resize(clip, self.resolution, rng)
+        square = transforms.square_crop_at(clip, view % self.spatial_crops, self.spatial_crops)
+        return transforms.resize_video(square, self.resolution)
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} examples")
-        file_index = index % len(self.files)
+        file_index = (index // self.views) % len(self.files)
         for _ in range(len(self.files)):
             if file_index not in self._bad:
                 rng = (
@@ -191,7 +216,7 @@ class VideoFolder:
                     else None
                 )
                 try:
-                    video = self._read(file_index, rng)
+                    video = self._read(file_index, rng, index % self.views)
                 except (VideoDecodeError, OSError) as e:
                     with self._lock:
                         if file_index not in self._bad:
