@@ -29,7 +29,7 @@ def _sibling(name: str):
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, image_steps=400, tokenizer_steps=2400)
+    args = config_lib.parse_arg(arg, image_steps=300, tokenizer_steps=1600)
     tokenizer = _sibling("quickstart_tokenizer")
     image = tokenizer.get_config(f"image=true,steps={args.image_steps}")
     video = tokenizer.get_config(f"steps={args.tokenizer_steps}")

@@ -17,7 +17,7 @@ from videogen.evaluation import evaluator
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, steps=2400, recipe="full", image=False)
+    args = config_lib.parse_arg(arg, steps=1600, recipe="full", image=False)
     if args.recipe not in ("full", "reconstruction"):
         raise ValueError(
             f"quickstart recipe={args.recipe!r}; use recipe=full (every loss of the thesis "
@@ -46,7 +46,7 @@ def get_config(arg: str | None = None):
     c.discriminator_optimizer.warmup_steps = 100
     c.loss.entropy_anneal_steps = 600
     # The GAN starts once reconstructions have taken shape, as VQGAN-style recipes do.
-    c.loss.adversarial_start_step = 1200
+    c.loss.adversarial_start_step = 800
     # LPIPS on 2 random frames of each clip per step: VGG16 on all 9 would cost 3x the tokenizer.
     c.loss.perceptual_frames_per_clip = 2
     if args.recipe == "reconstruction":

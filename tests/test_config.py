@@ -69,7 +69,7 @@ def test_command_line_unknown_key_is_an_error(tmp_path):
             sys.executable,
             "-m",
             "videogen.main",
-            "--config=experiments/quickstart.py",
+            "--config=experiments/quickstart_tokenizer.py",
             f"--workdir={tmp_path}",
             "--config.data.resolutoin=64",
         ],

@@ -306,20 +306,27 @@ def maskgit_config() -> ml_collections.ConfigDict:
     return c
 
 
-def maskgit_runlocal(c: ml_collections.ConfigDict) -> None:
+def maskgit_runlocal(c: ml_collections.ConfigDict, *, tokenizer: str = "magvit2") -> None:
     """Shrinks a `maskgit_config` experiment in place to a CPU run on embedded data.
 
-    Tokens come from the CPU-sized MAGVIT-v2 tokenizer of
-    `experiments/magvit2_k600.py:runlocal` (9x32x32 clips -> 3x4x4 tokens of
-    2^18, factorized 2 x 2^9); the transformer is a 4-layer BERT of width 128.
+    Tokens come from a CPU-sized tokenizer run: `tokenizer="magvit2"` is
+    `experiments/magvit2_k600.py:runlocal` (causal LFQ, 9x32x32 clips -> 3x4x4
+    tokens of 2^18, factorized 2 x 2^9); `"3dvq"` is
+    `experiments/magvit_3dvq.py:runlocal` (MAGVIT 3D-VQ, 16x32x32 -> 4x8x8 tokens
+    of 1024). The transformer is a 4-layer BERT of width 128.
     """
-    c.tokenizer_workdir = "runs/magvit2_k600_local"
+    if tokenizer == "magvit2":
+        workdir, experiment, num_frames = "runs/magvit2_k600_local", "magvit2_k600.py", 9
+    elif tokenizer == "3dvq":
+        workdir, experiment, num_frames = "runs/magvit_3dvq_local", "magvit_3dvq.py", 16
+    else:
+        raise ValueError(f"maskgit_runlocal tokenizer={tokenizer!r}; use 'magvit2' or '3dvq'.")
+    c.tokenizer_workdir = workdir
     c.tokenizer_command = (
-        "python -m videogen.main --config=experiments/magvit2_k600.py:runlocal "
-        "--workdir=runs/magvit2_k600_local"
+        f"python -m videogen.main --config=experiments/{experiment}:runlocal --workdir={workdir}"
     )
     c.data.update(name="moving_digits+real_clips", path="", missing_hint="")
-    c.data.update(num_frames=9, resolution=32)
+    c.data.update(num_frames=num_frames, resolution=32)
     c.model.update(size="", hidden_size=128, num_layers=4, num_heads=4, mlp_dim=512)
     c.batch_size = 8
     c.num_train_steps = 3000
@@ -329,4 +336,4 @@ def maskgit_runlocal(c: ml_collections.ConfigDict) -> None:
     c.log_every_steps = 50
     c.eval.update(dataset="moving_digits", path="", num_examples=64, batch_size=8)
     c.eval.update(every_steps=1000, grid_examples=8)
-    c.eval.frechet = evaluator.protocol_config("quickstart", num_samples=64)
+    c.eval.frechet = evaluator.protocol_config("quickstart", num_samples=64, num_frames=num_frames)

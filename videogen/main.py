@@ -28,9 +28,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _MODE = flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval"],
+    ["train", "eval", "sample"],
     "train: train (resuming from the workdir) and evaluate; "
-    "eval: evaluate the latest checkpoint in the workdir.",
+    "eval: evaluate the latest checkpoint in the workdir; "
+    "sample: write sample grids of the latest checkpoint (generative trainers).",
 )
 
 
@@ -81,6 +82,13 @@ def run(config, workdir: str, mode: str = "train"):
         ) from None
     if mode == "eval":
         return trainer.evaluate_checkpoint(config, workdir)
+    if mode == "sample":
+        if not hasattr(trainer, "sample_checkpoint"):
+            raise ValueError(
+                f"--mode=sample: trainer {config.trainer!r} does not generate samples (it has "
+                "no sample_checkpoint); use --mode=eval, or a generative trainer such as maskgit."
+            )
+        return trainer.sample_checkpoint(config, workdir)
     return trainer.train_and_evaluate(config, workdir)
 
 

@@ -132,7 +132,8 @@ def log_sharding_summary(shardings: nnx.State, abstract_state: nnx.State) -> Non
     """Logs how many parameter bytes are sharded vs replicated."""
     sharded = replicated_bytes = 0
     for s, leaf in zip(jax.tree.leaves(shardings), jax.tree.leaves(abstract_state)):
-        size = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+        # dtype.itemsize, not np.dtype(...): PRNG-key dtypes (dropout RNG streams) are not numpy's.
+        size = math.prod(leaf.shape) * leaf.dtype.itemsize
         if any(a is not None for a in s.spec):
             sharded += size
         else:

@@ -216,7 +216,9 @@ def train_classifier(
     fit_ids = np.setdiff1d(moving_digits.split_image_ids("eval"), heldout_ids)
     model = DigitClassifier(rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
-    tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, _LEARNING_RATE, 20, steps))
+    tx = optax.adam(
+        optax.warmup_cosine_decay_schedule(0.0, _LEARNING_RATE, min(20, steps // 4), steps)
+    )
     opt_state = tx.init(params)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
