@@ -71,10 +71,13 @@ def run(config, workdir: str, mode: str = "train"):
     except ModuleNotFoundError as e:
         if e.name != f"videogen.trainers.{config.trainer}":
             raise
+        directory = os.path.join(os.path.dirname(__file__), "trainers")
+        # Trainers are the modules with an entry point (not helpers such as loop.py).
         available = sorted(
             f[:-3]
-            for f in os.listdir(os.path.dirname(__file__) + "/trainers")
-            if f.endswith(".py") and not f.startswith("_")
+            for f in os.listdir(directory)
+            if f.endswith(".py")
+            and "\ndef train_and_evaluate(" in open(os.path.join(directory, f)).read()
         )
         raise ValueError(
             f"config.trainer={config.trainer!r} is not a module in videogen/trainers; "
