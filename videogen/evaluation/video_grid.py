@@ -9,9 +9,11 @@ from __future__ import annotations
 import fractions
 import functools
 import os
+import tempfile
 from collections.abc import Sequence
 
 import av
+from etils import epath
 import numpy as np
 from jaxtyping import Array, Float, UInt8
 from PIL import Image
@@ -185,3 +187,17 @@ def write_mp4(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def save_grid(workdir: str, stem: str, grid: np.ndarray, fps: float) -> list[str]:
+    """GIF + MP4 of `grid` under <workdir>/samples; encoded locally, then copied (gs:// works)."""
+    samples = epath.Path(workdir) / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for suffix, write in ((".gif", write_gif), (".mp4", write_mp4)):
+            local = write(os.path.join(tmp, stem + suffix), grid, fps=fps)
+            target = samples / (stem + suffix)
+            target.write_bytes(epath.Path(local).read_bytes())
+            paths.append(os.fspath(target))
+    return paths

@@ -22,7 +22,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 
 import jax
@@ -511,20 +510,6 @@ def check_labels(labels: np.ndarray, setup: CommitSetup) -> None:
         )
 
 
-def write_grid(workdir: str, stem: str, grid: np.ndarray, fps: float) -> list[str]:
-    """GIF + MP4 of `grid` under <workdir>/samples; encoded locally, then copied (gs:// works)."""
-    samples = epath.Path(workdir) / "samples"
-    samples.mkdir(parents=True, exist_ok=True)
-    paths = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for suffix, write in ((".gif", video_grid.write_gif), (".mp4", video_grid.write_mp4)):
-            local = write(os.path.join(tmp, stem + suffix), grid, fps=fps)
-            target = samples / (stem + suffix)
-            target.write_bytes(epath.Path(local).read_bytes())
-            paths.append(os.fspath(target))
-    return paths
-
-
 def _local(x: jax.Array, mesh) -> np.ndarray:
     """This process's rows of a batch-sharded global array."""
     if jax.process_count() == 1:
@@ -741,7 +726,7 @@ class Evaluator:
                 correct, count = _sum_over_processes(np.array([scores["correct"], scores["count"]]))
                 results[f"eval/{name}/class_accuracy"] = float(correct / count)
             if scores["grid"] is not None:
-                write_grid(
+                video_grid.save_grid(
                     self.workdir, f"{name}_step{step:07d}", scores["grid"], self.config.eval.fps
                 )
                 # TensorBoard shows the grid's first and last frame.
@@ -962,7 +947,7 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[s
                 f"{config.eval.batch_size}; lower config.eval.batch_size."
             )
         if jax.process_index() == 0:
-            paths[name] = write_grid(
+            paths[name] = video_grid.save_grid(
                 workdir, f"{name}_sample_step{step:07d}", sampler.grid(batch), config.eval.fps
             )
     run.checkpointer.close()

@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 from typing import Any
 
 from clu import parameter_overview, periodic_actions
@@ -532,7 +531,9 @@ class Evaluator:
             )
             grid = progress["grid"]
             if grid is not None:
-                self._write_grid(f"{name}_step{step:07d}", grid)
+                video_grid.save_grid(
+                    self.workdir, f"{name}_step{step:07d}", grid, self.config.eval.fps
+                )
                 # TensorBoard shows the first and last frame of the grid (input row above reconstruction).
                 writer.write_images(step, {f"eval/{name}/grid": np.stack([grid[0], grid[-1]])})
         writer.write_scalars(step, results)
@@ -541,15 +542,6 @@ class Evaluator:
                 json.dumps(results, indent=2, sort_keys=True)
             )
         return results
-
-    def _write_grid(self, stem: str, grid: np.ndarray) -> None:
-        """GIF + MP4 under <workdir>/samples; encoded locally, then copied (workdir may be gs://)."""
-        samples = epath.Path(self.workdir) / "samples"
-        samples.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            for suffix, write in ((".gif", video_grid.write_gif), (".mp4", video_grid.write_mp4)):
-                local = write(os.path.join(tmp, stem + suffix), grid, fps=self.config.eval.fps)
-                (samples / (stem + suffix)).write_bytes(epath.Path(local).read_bytes())
 
 
 class _Run:
