@@ -149,3 +149,25 @@ def test_unchecked_file_may_hold_only_arrays(tmp_path):
     path.write_bytes(pickle.dumps({"VGG16_0": _RunsCode()}))
     with pytest.raises(pickle.UnpicklingError, match="posix.getcwd|os.getcwd"):
         lpips.load_lpips(path, sha256=None)
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (2, 2), (3, 5)])
+def test_small_map_matmul_convolution_matches_xla(height, width):
+    """The CPU path for maps under 4x4 (VGG16's last stages on 32x32 frames): same values
+    and input gradients as the XLA convolution it replaces."""
+    rng = np.random.default_rng(height * 10 + width)
+    x = jnp.asarray(rng.normal(size=(3, height, width, 8)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 8, 5)), jnp.float32)
+
+    def xla(x):
+        return jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def matmul(x):
+        return lpips._conv3x3_as_matmul(x, kernel)
+
+    np.testing.assert_allclose(matmul(x), xla(x), rtol=1e-5, atol=1e-5)
+    cotangent = jnp.asarray(rng.normal(size=(3, height, width, 5)), jnp.float32)
+    grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * cotangent))(x)
+    np.testing.assert_allclose(grad(matmul), grad(xla), rtol=1e-5, atol=1e-5)

@@ -249,6 +249,37 @@ def test_output_ignores_pixels_outside_the_task_condition(tokenizer_workdir):
         assert not np.allclose(logits, logits_in), f"{name}: condition pixels must matter"
 
 
+def test_condition_tokens_from_target_equal_tokenized_condition_video(tokenizer_workdir):
+    """Training's shortcut (z̃ = z for FP from 1 + 4k frames and CG under the causal
+    tokenizer) gives the tokens of the padded condition video on every condition token,
+    and is not taken when a task's condition needs its own tokenization."""
+    tokenizer, _ = tokenizer_trainer.load_tokenizer(tokenizer_workdir)
+    source = moving_digits.MovingDigits("eval", num_frames=9, resolution=16, num_examples=4)
+    video = jnp.stack([jnp.asarray(source[i]["video"], jnp.float32) / 127.5 - 1 for i in range(4)])
+    for first_frames in (1, 5):
+        config = tiny_maskgit("magvit_bair_mt8", None, tokenizer_workdir)
+        configure(config, **{"tasks.names": ("FP", "CG"), "tasks.weights": (1.0, 1.0)})
+        configure(
+            config, **{"num_classes": 10, "tasks.overrides": {"FP": {"first_frames": first_frames}}}
+        )
+        setup = maskgit.make_setup(config, tokenizer)
+        assert setup.condition_from_target
+        task_ids = jnp.array([0, 1, 0, 1])
+        fast = maskgit.condition_tokens(tokenizer, setup, task_ids, video, with_target=True)
+        slow = maskgit.condition_tokens(tokenizer, setup, task_ids, video, with_target=False)
+        np.testing.assert_array_equal(fast.condition_mask, slow.condition_mask)
+        assert int(fast.condition_mask.sum()) == 2 * 16 * (1 + (first_frames - 1) // 4)
+        read = np.asarray(fast.condition_mask)[..., None]
+        np.testing.assert_array_equal(
+            np.where(read, fast.condition, 0), np.where(read, slow.condition, 0)
+        )
+    for names, overrides in ((("FP",), {"FP": {"first_frames": 3}}), (("OPC",), {})):
+        config = tiny_maskgit("magvit_bair_mt8", None, tokenizer_workdir)
+        configure(config, **{"tasks.names": names, "tasks.weights": (1.0,)})
+        configure(config, **{"tasks.overrides": overrides})
+        assert not maskgit.make_setup(config, tokenizer).condition_from_target, names
+
+
 def test_copy_last_frame_is_frame_prediction_padding():
     video = np.random.default_rng(0).integers(0, 256, (2, 9, 8, 8, 3), dtype=np.uint8)
     baseline = maskgit.copy_last_frame(video, 5)

@@ -96,6 +96,29 @@ class CommitSetup:
         """bool [num_tasks]: whether each task's prefix carries the class."""
         return np.array([t.class_conditional for t in self.tasks])
 
+    def condition_tokens_match_target(self, task: commit.Task) -> bool:
+        """Whether the task's condition tokens equal the target's tokens wherever Eq. 6.2
+        reads them, so training need not tokenize the condition video.
+
+        True for tasks without an interior condition (no condition token is read) and,
+        with the causal tokenizer, for frame prediction from ``1 + k * temporal_factor``
+        first frames: latent frames ``0..k`` see exactly those frames, which the
+        replicate-padded condition video leaves untouched.
+        """
+        if task.region == "none":
+            return True
+        return (
+            self.causal
+            and task.region == "frames"
+            and task.last_frames == 0
+            and (task.first_frames - 1) % self.temporal_factor == 0
+        )
+
+    @property
+    def condition_from_target(self) -> bool:
+        """Every task's condition tokens can be taken from the target's (see above)."""
+        return all(self.condition_tokens_match_target(t) for t in self.tasks)
+
     def task_id(self, name: str) -> int:
         names = [t.name for t in self.tasks]
         if name not in names:
@@ -262,12 +285,18 @@ def condition_tokens(
     """The task's condition video and its tokens; with the target's tokens from the same call.
 
     Everything here depends on the pixels of the task's interior condition only,
-    except ``target``.
+    except ``target`` and, when training takes z̃ from z (`condition_from_target`),
+    ``condition`` at the tokens that ``condition_mask`` hides from the transformer.
     """
     b = video.shape[0]
     cond_video = commit.condition_video(setup.tasks, task_ids, video)
-    clips = jnp.concatenate([cond_video, video]) if with_target else cond_video
-    tokens = to_factors(jax.lax.stop_gradient(tokenizer.tokenize(clips)), setup)
+    if with_target and setup.condition_from_target:
+        # Half the tokenizer work: z̃ = z on every condition token of these tasks.
+        target = to_factors(jax.lax.stop_gradient(tokenizer.tokenize(video)), setup)
+        tokens = jnp.concatenate([target, target])
+    else:
+        clips = jnp.concatenate([cond_video, video]) if with_target else cond_video
+        tokens = to_factors(jax.lax.stop_gradient(tokenizer.tokenize(clips)), setup)
     mask = commit.latent_condition_mask(
         setup.tasks,
         task_ids,
