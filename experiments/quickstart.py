@@ -6,9 +6,15 @@ Runs in order, each stage in its own sub-directory of the workdir:
   1. image_tokenizer: the tokenizer with 1x3x3 kernels on single frames;
   2. tokenizer: the causal video tokenizer, initialised by inflating stage 1
      (temporally last slice) and trained with the full recipe (thesis 5.4);
+  3. generator: MAGVIT's COMMIT transformer on the frozen tokenizer's tokens,
+     trained on frame prediction (FP) and class-conditional generation (CG).
 Each stage reports its held-out metrics (eval_step*.json, TensorBoard, grids
-under samples/). An interrupted run resumes where it stopped; finished stages
-are not run again. Stage configs: experiments/quickstart_tokenizer.py.
+under samples/): PSNR/SSIM/LPIPS/rFVD for the tokenizers; FP FVD next to the
+copy-last-frame baseline and the digit classifier's accuracy on CG samples for
+the generator. An interrupted run resumes where it stopped; finished stages are
+not run again. Stage configs: experiments/quickstart_tokenizer.py and
+experiments/quickstart_generator.py. Arguments: image_steps, tokenizer_steps,
+generator_steps.
 """
 
 import importlib.util
@@ -29,14 +35,18 @@ def _sibling(name: str):
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, image_steps=300, tokenizer_steps=1600)
+    args = config_lib.parse_arg(arg, image_steps=300, tokenizer_steps=1200, generator_steps=2000)
     tokenizer = _sibling("quickstart_tokenizer")
     image = tokenizer.get_config(f"image=true,steps={args.image_steps}")
     video = tokenizer.get_config(f"steps={args.tokenizer_steps}")
     video.init.image_workdir = "@image_tokenizer"
+    generator = _sibling("quickstart_generator").get_config(f"steps={args.generator_steps}")
+    generator.tokenizer_workdir = "@tokenizer"
     c = ml_collections.ConfigDict()
     c.trainer = "pipeline"
-    c.stage_order = ("image_tokenizer", "tokenizer")
-    c.stages = ml_collections.ConfigDict({"image_tokenizer": image, "tokenizer": video})
+    c.stage_order = ("image_tokenizer", "tokenizer", "generator")
+    c.stages = ml_collections.ConfigDict(
+        {"image_tokenizer": image, "tokenizer": video, "generator": generator}
+    )
     c.lock()
     return c

@@ -23,7 +23,7 @@ from videogen.evaluation import evaluator
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, steps=2000)
+    args = config_lib.parse_arg(arg, steps=3000)
     c = config_lib.maskgit_config()
     c.tokenizer_workdir = "runs/quickstart/tokenizer"
     c.tokenizer_command = (
@@ -37,6 +37,8 @@ def get_config(arg: str | None = None):
     # K600 set-up conditions on 5 of 17 frames; 1 of 9 leaves two latent frames to predict).
     c.tasks.overrides = ml_collections.ConfigDict({"FP": {"first_frames": 1}})
     c.model.update(size="", hidden_size=128, num_layers=4, num_heads=4, mlp_dim=512)
+    # No dropout: a few thousand steps of never-repeating clips leave nothing to overfit.
+    c.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
     c.batch_size = 16
     c.num_train_steps = args.steps
     c.optimizer.update(peak_lr=1e-3, warmup_steps=200, end_lr_fraction=0.1)
