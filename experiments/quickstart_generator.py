@@ -42,7 +42,7 @@ def get_config(arg: str | None = None):
     c.batch_size = 16
     c.num_train_steps = args.steps
     c.optimizer.update(peak_lr=1e-3, warmup_steps=200, end_lr_fraction=0.1)
-    c.decoding.update(num_steps=12, schedule="cosine", choice_temperature=4.5, guidance_scale=1.0)
+    c.decoding.update(num_steps=12, schedule="cosine", choice_temperature=4.5, guidance_scale=3.0)
     c.checkpoint.every_steps = 500
     c.log_every_steps = 50
     c.eval.update(dataset="moving_digits", path="", tasks=("FP", "CG"))

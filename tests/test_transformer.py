@@ -370,20 +370,3 @@ def test_parameters_carry_logical_axis_names_that_the_suggested_rules_shard():
         "fsdp", "tensor", None
     )
     assert specs["stack/blocks/0/mlp/wo"] == jax.sharding.PartitionSpec("tensor", "fsdp")
-
-
-def test_broadcast_prefix_adds_the_prompt_to_every_visual_input():
-    model = _make(broadcast_prefix=True)
-    plain = _with_state_of(model, broadcast_prefix=False)
-    tokens, prefix = _tokens(3)
-    ours = model.input_embeddings(tokens, prefix)
-    theirs = plain.input_embeddings(tokens, prefix)
-    p = MODEL["prefix_length"]
-    np.testing.assert_array_equal(ours[:, :p], theirs[:, :p])
-    prompt = jnp.sum(model.prefix_embedding[...][prefix], axis=1)  # [b, d]
-    np.testing.assert_allclose(ours[:, p:], theirs[:, p:] + prompt[:, None], rtol=1e-6)
-    assert not np.allclose(
-        _forward(model, tokens, prefix, True), _forward(plain, tokens, prefix, True)
-    )
-    with pytest.raises(ValueError, match="broadcast_prefix=True needs a prompt prefix"):
-        _build(broadcast_prefix=True, prefix_length=0, prefix_vocab_size=0)

@@ -213,8 +213,6 @@ def maskgit_config() -> ml_collections.ConfigDict:
             num_factors=2,  # 2^18 -> two sub-vocabularies of 2^9 (5.3.2, 5.4.2)
             dropout_rate=0.1,
             attention_dropout_rate=0.1,
-            # Not in the thesis: prompt embeddings also added to every visual token's input.
-            broadcast_prefix=False,
             remat=False,
         )
     )

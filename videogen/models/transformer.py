@@ -469,11 +469,6 @@ class MaskedVideoTransformer(nnx.Module):
     BERT's MLM layer) tied to that factor's embedding matrix:
     ``logits_f = t_f @ E_f^T + bias_f`` over the ``sub_vocab_size`` codes.
     Out-of-range ids are clipped by the gather (no check under jit).
-
-    ``broadcast_prefix`` (not in the thesis) also adds the sum of the prompt
-    embeddings to every visual token's input: the class then reaches each
-    position from the first layer instead of only through attention to the
-    prefix, which a small model trained briefly does not learn to use.
     """
 
     def __init__(
@@ -491,14 +486,11 @@ class MaskedVideoTransformer(nnx.Module):
         dropout_rate: float = 0.1,
         attention_dropout_rate: float = 0.1,
         layer_norm_epsilon: float = 1e-12,
-        broadcast_prefix: bool = False,
         remat: bool = False,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if broadcast_prefix and not prefix_length:
-            raise ValueError("broadcast_prefix=True needs a prompt prefix (prefix_length > 0).")
         if prefix_length and not prefix_vocab_size:
             raise ValueError(
                 f"prefix_length={prefix_length} needs prefix_vocab_size > 0 (the number of "
@@ -508,7 +500,6 @@ class MaskedVideoTransformer(nnx.Module):
         self.sub_vocab_size = sub_vocab_size
         self.num_factors = num_factors
         self.prefix_length = prefix_length
-        self.broadcast_prefix = broadcast_prefix
         self.layer_norm_epsilon = layer_norm_epsilon
         self.dtype = dtype
         d, f, v = hidden_size, num_factors, sub_vocab_size
@@ -590,17 +581,6 @@ class MaskedVideoTransformer(nnx.Module):
                 f"tokens have shape {tokens.shape}; expected [batch, {self.num_tokens}, "
                 f"{self.num_factors}] (num_tokens, num_factors of this model)."
             )
-        x = self.input_embeddings(tokens, prefix_tokens)
-        x = x + self.position_embedding[...].astype(jnp.float32)
-        x = self.embedding_dropout(self.embedding_norm(x), deterministic=deterministic)
-        x = self.stack(x, bidirectional_mask(x.shape[1]), deterministic=deterministic)
-        return self.logits(x[:, self.prefix_length :])
-
-    def input_embeddings(
-        self, tokens: Int[Array, "b n f"], prefix_tokens: Int[Array, "b p"] | None
-    ) -> Float[Array, "b l d"]:
-        """``[prompt embeddings, visual token embeddings]`` before positions are added."""
-        b = tokens.shape[0]
         x = self.embed_tokens(tokens)
         if self.prefix_length:
             if prefix_tokens is None or prefix_tokens.shape != (b, self.prefix_length):
@@ -610,12 +590,13 @@ class MaskedVideoTransformer(nnx.Module):
                     "(task / class / no-class ids; this model has a prompt prefix)."
                 )
             prefix = self.prefix_embedding[...].astype(jnp.float32)[prefix_tokens]
-            if self.broadcast_prefix:
-                x = x + jnp.sum(prefix, axis=1, keepdims=True)
             x = jnp.concatenate([prefix, x], axis=1)
         elif prefix_tokens is not None:
             raise ValueError(
                 f"prefix_tokens of shape {prefix_tokens.shape} given to a model built with "
                 "prefix_length=0; build it with prefix_length and prefix_vocab_size."
             )
-        return x
+        x = x + self.position_embedding[...].astype(jnp.float32)
+        x = self.embedding_dropout(self.embedding_norm(x), deterministic=deterministic)
+        x = self.stack(x, bidirectional_mask(x.shape[1]), deterministic=deterministic)
+        return self.logits(x[:, self.prefix_length :])

@@ -223,7 +223,6 @@ def build_model(config: ml_collections.ConfigDict, setup: CommitSetup) -> Masked
         **model_sizes(config.model),
         dropout_rate=config.model.dropout_rate,
         attention_dropout_rate=config.model.attention_dropout_rate,
-        broadcast_prefix=config.model.broadcast_prefix,
         remat=config.model.remat,
         # 'rbg' initialises fast on CPU; dropout keys stay threefry, whose bits do not
         # depend on how the batch is sharded.
