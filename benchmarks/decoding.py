@@ -15,7 +15,6 @@ same run. Detokenizing is not included.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -31,23 +30,13 @@ from videogen.trainers import tokenizer as tokenizer_trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402  (a sibling benchmark script)
+from tokenizer_throughput import load_config  # noqa: E402  (experiments/<name>.py[:arg])
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tokenizer architecture each stage-2 experiment is trained on.
 TOKENIZER_OF = {
     "quickstart_generator": "quickstart_tokenizer",
     "magvit2_k600_fp": "magvit2_k600",
 }
-
-
-def load_config(spec: str):
-    name, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(
-        name, os.path.join(ROOT, "experiments", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
 
 
 def measure(spec: str, batch: int, repeats: int) -> dict:
