@@ -16,10 +16,13 @@ from videogen import sharding
 from videogen.models.transformer import (
     MAGVIT_SIZES,
     MaskedVideoTransformer,
+    Rotary,
     TransformerStack,
+    apply_rotary,
     bidirectional_mask,
     causal_mask,
     prefix_mask,
+    rotary_angles,
 )
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "mlp_dim": 64}
@@ -189,6 +192,82 @@ def test_kv_cache_never_attends_to_positions_not_yet_written(stack):
     decoded = _decode_all(stack, mask, prefill=1)
     full = stack.run(stack.x, causal_mask(LENGTH))
     np.testing.assert_allclose(decoded, full, atol=2e-5, rtol=1e-5)
+
+
+# --- rotary position encoding --------------------------------------------------------------
+
+
+def _grid_positions(offset=(0, 0, 0)) -> jax.Array:
+    """[LENGTH, 3] (t, h, w) raster positions of a 1x4x4 grid, shifted by ``offset``."""
+    grid = np.stack(np.meshgrid(np.arange(1), np.arange(4), np.arange(4), indexing="ij"), -1)
+    return jnp.asarray(grid.reshape(-1, 3) + np.asarray(offset))
+
+
+def test_rotary_scores_depend_only_on_the_offset_between_positions():
+    q, k = jax.random.normal(jax.random.key(0), (2, 1, 2, 1, 16))
+    scores = []
+    for pq, pk in (([3, 1, 2], [0, 5, 2]), ([7, 4, 9], [4, 8, 9]), ([0, 0, 0], [0, 0, 0])):
+        rot_q = apply_rotary(q, rotary_angles(jnp.array([pq]), 2, 100.0))
+        rot_k = apply_rotary(k, rotary_angles(jnp.array([pk]), 2, 100.0))
+        scores.append(float(jnp.sum(rot_q * rot_k)))
+    assert scores[0] == pytest.approx(scores[1], abs=1e-4)  # same offset (3, -4, 0)
+    assert abs(scores[0] - float(jnp.sum(q * k))) > 1e-3  # a nonzero offset changes the score
+    assert scores[2] == pytest.approx(float(jnp.sum(q * k)), abs=1e-5)  # zero = identity
+    # 3 axes x 2 pairs rotate the first 12 of 16 dimensions; the last 4 are untouched.
+    rotated = apply_rotary(q, rotary_angles(jnp.array([[1, 2, 3]]), 2, 100.0))
+    np.testing.assert_array_equal(rotated[..., 12:], q[..., 12:])
+    with pytest.raises(ValueError, match="rotary pairs"):
+        apply_rotary(q, rotary_angles(jnp.array([[1, 2, 3]]), 3, 100.0))
+
+
+def test_rotary_stack_depends_on_relative_positions_only(stack):
+    # Sharper attention than at initialisation (query and key weights x 10), so that
+    # where each key sits visibly matters.
+    module = nnx.clone(stack.module)
+    for block in module.blocks:
+        block.attention.query[...] = 10.0 * block.attention.query[...]
+        block.attention.key[...] = 10.0 * block.attention.key[...]
+    mask = bidirectional_mask(LENGTH)
+    run = nnx.jit(lambda m, x, rotary: m(x, mask, rotary=rotary))
+    base = run(module, stack.x, rotary_angles(_grid_positions(), 2, 100.0))
+    shifted = run(module, stack.x, rotary_angles(_grid_positions((5, -3, 7)), 2, 100.0))
+    np.testing.assert_allclose(shifted, base, atol=2e-5, rtol=1e-5)
+    reversed_grid = rotary_angles(_grid_positions()[::-1], 2, 100.0)
+    assert float(jnp.max(jnp.abs(run(module, stack.x, reversed_grid) - base))) > 1e-2
+
+
+def test_kv_cache_decoding_with_rotary_equals_the_full_pass(stack):
+    mask = prefix_mask(jnp.array([3, 5]), LENGTH)
+    rotary = rotary_angles(jnp.arange(LENGTH)[:, None], 4, 100.0)
+    decode = nnx.jit(lambda m, x, cache: m.decode(x, mask, cache, rotary=rotary))
+    cache = stack.module.init_cache(batch_size=2, max_length=LENGTH)
+    out, cache = decode(stack.module, stack.x[:, :5], cache)
+    outputs = [out]
+    for t in range(5, LENGTH):
+        out, cache = decode(stack.module, stack.x[:, t : t + 1], cache)
+        outputs.append(out)
+    full = nnx.jit(lambda m, x: m(x, mask, rotary=rotary))(stack.module, stack.x)
+    np.testing.assert_allclose(jnp.concatenate(outputs, 1), full, atol=2e-5, rtol=1e-5)
+
+
+def test_rope_model_has_no_absolute_positions_and_rotates_the_grid_only():
+    rope = _make(position_encoding="rope", token_grid=(1, 4, 4))
+    assert rope.position_embedding is None and rope.rope_pairs_per_axis == 2  # head_dim 16
+    rotary = rope.rotary()
+    assert isinstance(rotary, Rotary) and rotary.cos.shape == (2 + LENGTH, 6)
+    np.testing.assert_array_equal(rotary.cos[:2], 1.0)  # prompt tokens are not rotated
+    # A constant input: every token has the same content, so without absolute positions
+    # every visual position's logits are equal (attention mixes identical values).
+    tokens = jnp.full((1, LENGTH, 2), 3)
+    prefix = jnp.array([[0, 4]])
+    logits = _forward(rope, tokens, prefix, True)
+    np.testing.assert_allclose(logits, jnp.broadcast_to(logits[:, :1], logits.shape), atol=1e-5)
+    learned = _forward(_make(), tokens, prefix, True)
+    assert float(jnp.max(jnp.abs(learned - learned[:, :1]))) > 1e-3
+    with pytest.raises(ValueError, match="token_grid"):
+        _build(position_encoding="rope", token_grid=(2, 4, 4))
+    with pytest.raises(ValueError, match="position_encoding"):
+        _build(position_encoding="sinusoid")
 
 
 # --- MaskedVideoTransformer -----------------------------------------------------------------

@@ -213,6 +213,10 @@ def maskgit_config() -> ml_collections.ConfigDict:
             num_factors=2,  # 2^18 -> two sub-vocabularies of 2^9 (5.3.2, 5.4.2)
             dropout_rate=0.1,
             attention_dropout_rate=0.1,
+            # "learned": MAGVIT's absolute position embeddings; "rope": axial rotary over the
+            # token grid (translation-equivariant attention; models/transformer.py).
+            position_encoding="learned",
+            rope_base=100.0,
             remat=False,
         )
     )

@@ -31,6 +31,7 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
@@ -89,6 +90,46 @@ def prefix_mask(prefix_lengths: Int[Array, " b"], length: int) -> Bool[Array, "b
     positions = jnp.arange(length)
     in_prefix = positions[None, :] < jnp.asarray(prefix_lengths)[:, None]  # [b, k]
     return (causal_mask(length)[:, 0] | in_prefix[:, None, :])[:, None]
+
+
+class Rotary(NamedTuple):
+    """Rotary position angles of a sequence: ``cos``/``sin`` of ``[l, p]`` (``p`` rotated
+    pairs of each head's dimensions; the other ``head_dim - 2p`` are not rotated)."""
+
+    cos: Float[Array, "l p"]
+    sin: Float[Array, "l p"]
+
+
+def rotary_angles(positions: Int[Array, "l a"], pairs_per_axis: int, base: float) -> Rotary:
+    """Axial rotary embedding (RoPE) of ``a``-dimensional integer positions.
+
+    Each axis gets ``pairs_per_axis`` frequencies ``base ** (-i / pairs_per_axis)``;
+    so the dot product of a rotated query and key depends on the *difference* of
+    their positions only, and attention that reads "the token two to my left" is one
+    pattern for every position (translation equivariance). A small ``base`` (~100)
+    suits short axes such as an 8x8 latent grid. A position of all zeros is the
+    identity rotation (used for prompt tokens, which have no place in the grid).
+    """
+    positions = jnp.asarray(positions, jnp.float32)
+    freqs = base ** (-jnp.arange(pairs_per_axis, dtype=jnp.float32) / pairs_per_axis)
+    angles = (positions[:, :, None] * freqs).reshape(positions.shape[0], -1)  # [l, a * pairs]
+    return Rotary(jnp.cos(angles), jnp.sin(angles))
+
+
+def apply_rotary(x: Float[Array, "b l h k"], rotary: Rotary) -> Float[Array, "b l h k"]:
+    """Rotates the first ``2p`` dimensions of every head as ``p`` pairs ``(x_i, x_{p+i})``."""
+    p = rotary.cos.shape[-1]
+    if 2 * p > x.shape[-1]:
+        raise ValueError(
+            f"rotary angles rotate {p} pairs but heads have {x.shape[-1]} dimensions; "
+            "use fewer rotary pairs per axis or larger heads."
+        )
+    cos = rotary.cos[None, :, None, :].astype(jnp.float32)
+    sin = rotary.sin[None, :, None, :].astype(jnp.float32)
+    x1 = x[..., :p].astype(jnp.float32)
+    x2 = x[..., p : 2 * p].astype(jnp.float32)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return jnp.concatenate([rotated.astype(x.dtype), x[..., 2 * p :]], axis=-1)
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
@@ -197,12 +238,18 @@ class MultiHeadAttention(nnx.Module):
         x: Float[Array, "b l d"],
         mask: Bool[Array, "#b #h l l"],
         *,
+        rotary: Rotary | None = None,
         deterministic: bool = True,
     ) -> Float[Array, "b l d"]:
-        """Self-attention over ``[b, l, d]``; ``mask[b, h, q, k]`` True where q may see k."""
+        """Self-attention over ``[b, l, d]``; ``mask[b, h, q, k]`` True where q may see k.
+
+        ``rotary`` (angles of the ``l`` positions) rotates queries and keys (RoPE).
+        """
         q = self._project(x, self.query, self.query_bias)
         k = self._project(x, self.key, self.key_bias)
         v = self._project(x, self.value, self.value_bias)
+        if rotary is not None:
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         return self._attend(q, k, v, mask, deterministic)
 
     def decode(
@@ -212,15 +259,20 @@ class MultiHeadAttention(nnx.Module):
         keys: Float[Array, "b m h k"],
         values: Float[Array, "b m h k"],
         length: Int[Array, ""],
+        rotary: Rotary | None = None,
     ) -> tuple[Float[Array, "b s d"], Float[Array, "b m h k"], Float[Array, "b m h k"]]:
         """Attention of ``s`` new positions ``length .. length+s-1`` over a cache of ``m``.
 
         Writes the new keys/values at ``length`` and returns them with the output;
         ``mask`` holds the query rows of the full-sequence mask (keys at or beyond
-        ``length + s`` must be masked out by the caller).
+        ``length + s`` must be masked out by the caller). ``rotary`` holds the angles
+        of the ``s`` new positions; cached keys were rotated when they were written.
         """
         q = self._project(x, self.query, self.query_bias)
-        k = self._project(x, self.key, self.key_bias).astype(keys.dtype)
+        k = self._project(x, self.key, self.key_bias)
+        if rotary is not None:
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        k = k.astype(keys.dtype)
         v = self._project(x, self.value, self.value_bias).astype(values.dtype)
         keys = jax.lax.dynamic_update_slice_in_dim(keys, k, length, axis=1)
         values = jax.lax.dynamic_update_slice_in_dim(values, v, length, axis=1)
@@ -309,10 +361,11 @@ class TransformerBlock(nnx.Module):
         x: Float[Array, "b l d"],
         mask: Bool[Array, "#b #h l l"],
         *,
+        rotary: Rotary | None = None,
         deterministic: bool = True,
     ) -> Float[Array, "b l d"]:
         def attend(h):
-            return self.attention(h, mask, deterministic=deterministic)
+            return self.attention(h, mask, rotary=rotary, deterministic=deterministic)
 
         return self._residuals(x, attend, deterministic)
 
@@ -323,12 +376,13 @@ class TransformerBlock(nnx.Module):
         keys: Float[Array, "b m h k"],
         values: Float[Array, "b m h k"],
         length: Int[Array, ""],
+        rotary: Rotary | None = None,
     ) -> tuple[Float[Array, "b s d"], Float[Array, "b m h k"], Float[Array, "b m h k"]]:
         """`__call__` for new positions against cached keys/values (no dropout)."""
         cache = []
 
         def attend(h):
-            y, k, v = self.attention.decode(h, mask, keys, values, length)
+            y, k, v = self.attention.decode(h, mask, keys, values, length, rotary)
             cache.append((k, v))
             return y
 
@@ -345,9 +399,13 @@ class KVCache(NamedTuple):
 
 
 def _call_block(
-    block: TransformerBlock, x: jax.Array, mask: jax.Array, deterministic: bool
+    block: TransformerBlock,
+    x: jax.Array,
+    mask: jax.Array,
+    rotary: Rotary | None,
+    deterministic: bool,
 ) -> jax.Array:
-    return block(x, mask, deterministic=deterministic)
+    return block(x, mask, rotary=rotary, deterministic=deterministic)
 
 
 class TransformerStack(nnx.Module):
@@ -403,17 +461,19 @@ class TransformerStack(nnx.Module):
         x: Float[Array, "b l d"],
         mask: Bool[Array, "#b #h l l"],
         *,
+        rotary: Rotary | None = None,
         deterministic: bool = True,
     ) -> Float[Array, "b l d"]:
-        """Apply every block to ``[b, l, d]`` under ``mask`` (``[b or 1, heads or 1, l, l]``)."""
+        """Apply every block to ``[b, l, d]`` under ``mask`` (``[b or 1, heads or 1, l, l]``),
+        with queries and keys rotated by ``rotary`` (the ``l`` positions' angles) if given."""
         # Tree mode, as in layers.apply_blocks: works on modules captured from an outer trace;
         # the dropout RNG counters are still advanced.
         call = (
-            nnx.remat(_call_block, graph=False, static_argnums=(3,)) if self.remat else _call_block
+            nnx.remat(_call_block, graph=False, static_argnums=(4,)) if self.remat else _call_block
         )
         x = x.astype(self.dtype)
         for block in self.blocks:
-            x = call(block, x, mask, deterministic)
+            x = call(block, x, mask, rotary, deterministic)
         return x if self.final_norm is None else self.final_norm(x)
 
     def init_cache(self, batch_size: int, max_length: int) -> KVCache:
@@ -427,12 +487,14 @@ class TransformerStack(nnx.Module):
         x: Float[Array, "b s d"],
         mask: Bool[Array, "#b #h m m"],
         cache: KVCache,
+        rotary: Rotary | None = None,
     ) -> tuple[Float[Array, "b s d"], KVCache]:
         """Run positions ``cache.length .. cache.length + s - 1`` against the cache.
 
         ``mask`` is the full-sequence mask over the cache's ``m`` positions (the same
         one `__call__` takes); its rows for the new positions are used, with keys
-        not yet written masked out. A prefix must be prefilled in one call so that
+        not yet written masked out. ``rotary``, like ``mask``, covers all ``m``
+        positions; the new positions' angles are taken from it. A prefix must be prefilled in one call so that
         its positions see each other. Positions past ``m`` are silently dropped
         (under jit the length cannot be checked); size the cache for the sequence.
         """
@@ -444,10 +506,14 @@ class TransformerStack(nnx.Module):
             )
         rows = jax.lax.dynamic_slice_in_dim(mask, cache.length, s, axis=2)
         rows = rows & (jnp.arange(m) < cache.length + s)
+        if rotary is not None:
+            rotary = Rotary(
+                *(jax.lax.dynamic_slice_in_dim(a, cache.length, s, axis=0) for a in rotary)
+            )
         x = x.astype(self.dtype)
         keys, values = [], []
         for block, k, v in zip(self.blocks, cache.keys, cache.values):
-            x, k, v = block.decode(x, rows, k, v, cache.length)
+            x, k, v = block.decode(x, rows, k, v, cache.length, rotary)
             keys.append(k)
             values.append(v)
         y = x if self.final_norm is None else self.final_norm(x)
@@ -469,6 +535,15 @@ class MaskedVideoTransformer(nnx.Module):
     BERT's MLM layer) tied to that factor's embedding matrix:
     ``logits_f = t_f @ E_f^T + bias_f`` over the ``sub_vocab_size`` codes.
     Out-of-range ids are clipped by the gather (no check under jit).
+
+    ``position_encoding="learned"`` is MAGVIT's (BERT's absolute embeddings).
+    ``"rope"`` instead rotates queries and keys by the visual tokens' ``(t, h, w)``
+    in ``token_grid`` (axial RoPE, `rotary_angles`, ``rope_pairs_per_axis`` pairs
+    per axis, default ``head_dim // 8``, the remaining head dimensions unrotated so
+    that attention can also match content regardless of place); prompt tokens are
+    not rotated. Attention then depends on relative offsets only, so a shape learnt
+    at one place of the grid is known at every place: far fewer examples are needed
+    when objects appear anywhere in the frame (not in the thesis; see BUILD_NOTES.md).
     """
 
     def __init__(
@@ -486,11 +561,27 @@ class MaskedVideoTransformer(nnx.Module):
         dropout_rate: float = 0.1,
         attention_dropout_rate: float = 0.1,
         layer_norm_epsilon: float = 1e-12,
+        position_encoding: Literal["learned", "rope"] = "learned",
+        token_grid: tuple[int, int, int] | None = None,
+        rope_pairs_per_axis: int = 0,
+        rope_base: float = 100.0,
         remat: bool = False,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        if position_encoding not in ("learned", "rope"):
+            raise ValueError(
+                f"position_encoding={position_encoding!r}; expected 'learned' (MAGVIT's "
+                "absolute embeddings) or 'rope' (axial rotary over the token grid)."
+            )
+        if position_encoding == "rope" and (
+            token_grid is None or int(np.prod(token_grid)) != num_tokens
+        ):
+            raise ValueError(
+                f"position_encoding='rope' needs token_grid=(t, h, w) with t*h*w = "
+                f"num_tokens={num_tokens}; got token_grid={token_grid}."
+            )
         if prefix_length and not prefix_vocab_size:
             raise ValueError(
                 f"prefix_length={prefix_length} needs prefix_vocab_size > 0 (the number of "
@@ -510,8 +601,21 @@ class MaskedVideoTransformer(nnx.Module):
             if prefix_length
             else None
         )
-        self.position_embedding = _param(
-            rngs, (prefix_length + num_tokens, d), POSITION_EMBEDDING_AXES, param_dtype
+        self.position_encoding = position_encoding
+        self.token_grid = tuple(token_grid) if token_grid is not None else None
+        head_dim = hidden_size // num_heads
+        self.rope_pairs_per_axis = rope_pairs_per_axis or max(1, head_dim // 8)
+        self.rope_base = rope_base
+        if position_encoding == "rope" and 3 * self.rope_pairs_per_axis > head_dim // 2:
+            raise ValueError(
+                f"rope_pairs_per_axis={self.rope_pairs_per_axis} rotates "
+                f"{6 * self.rope_pairs_per_axis} of the heads' {head_dim} dimensions over "
+                f"3 axes; use at most {head_dim // 6} pairs per axis."
+            )
+        self.position_embedding = (
+            _param(rngs, (prefix_length + num_tokens, d), POSITION_EMBEDDING_AXES, param_dtype)
+            if position_encoding == "learned"
+            else None
         )
         self.embedding_norm = LayerNorm(
             d, epsilon=layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype
@@ -596,7 +700,22 @@ class MaskedVideoTransformer(nnx.Module):
                 f"prefix_tokens of shape {prefix_tokens.shape} given to a model built with "
                 "prefix_length=0; build it with prefix_length and prefix_vocab_size."
             )
-        x = x + self.position_embedding[...].astype(jnp.float32)
+        rotary = None
+        if self.position_encoding == "learned":
+            x = x + self.position_embedding[...].astype(jnp.float32)
+        else:
+            rotary = self.rotary()
         x = self.embedding_dropout(self.embedding_norm(x), deterministic=deterministic)
-        x = self.stack(x, bidirectional_mask(x.shape[1]), deterministic=deterministic)
+        x = self.stack(
+            x, bidirectional_mask(x.shape[1]), rotary=rotary, deterministic=deterministic
+        )
         return self.logits(x[:, self.prefix_length :])
+
+    def rotary(self) -> Rotary:
+        """RoPE angles of the sequence: prompt tokens at the identity, then the grid in
+        ``(t, h, w)`` raster order (the order of the visual tokens)."""
+        grid = np.stack(np.meshgrid(*map(np.arange, self.token_grid), indexing="ij"), -1)
+        positions = np.concatenate(
+            [np.zeros((self.prefix_length, 3), np.int32), grid.reshape(-1, 3)]
+        )
+        return rotary_angles(jnp.asarray(positions), self.rope_pairs_per_axis, self.rope_base)

@@ -223,6 +223,9 @@ def build_model(config: ml_collections.ConfigDict, setup: CommitSetup) -> Masked
         **model_sizes(config.model),
         dropout_rate=config.model.dropout_rate,
         attention_dropout_rate=config.model.attention_dropout_rate,
+        position_encoding=config.model.position_encoding,
+        token_grid=setup.latent_shape,
+        rope_base=config.model.rope_base,
         remat=config.model.remat,
         # 'rbg' initialises fast on CPU; dropout keys stay threefry, whose bits do not
         # depend on how the batch is sharded.
