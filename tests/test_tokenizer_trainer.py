@@ -105,6 +105,15 @@ def test_resume_equals_uninterrupted(tmp_path):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert straight.train_metrics["loss"] == resumed.train_metrics["loss"]
+    # A later stage loads the EMA model alone (a partial restore) and gets exactly it.
+    loaded, _ = trainer.load_tokenizer(str(tmp_path / "straight"))
+    got = jax.tree.leaves(nnx.to_pure_dict(nnx.state(loaded)))
+    ema = jax.tree.leaves(nnx.to_pure_dict(straight.state["ema_model"]))
+    online = jax.tree.leaves(nnx.to_pure_dict(straight.state["model"]))
+    assert len(got) == len(ema) == len(online) > 10
+    for x, y in zip(got, ema):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(got, online))
 
 
 def test_sharded_equals_unsharded(tmp_path):

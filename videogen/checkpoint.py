@@ -84,6 +84,23 @@ class Checkpointer:
         nnx.replace_by_pure_dict(state, restored["state"])
         return state
 
+    def restore_state_part(self, step: int, name: str, abstract_part: nnx.State) -> nnx.State:
+        """Restores one top-level entry of the saved train state (e.g. "ema_model"), reading
+        only its arrays: a frozen later-stage model need not load optimizer moments or a
+        discriminator. `abstract_part` gives that entry's shapes and shardings."""
+        item = {name: nnx.to_pure_dict(abstract_part)}
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            )
+        )
+        restored = self._manager.restore(step, args=args)
+        part = jax.tree.map(lambda x: x, abstract_part)
+        nnx.replace_by_pure_dict(part, restored["state"][name])
+        return part
+
     def restore_config(self, step: int) -> ml_collections.ConfigDict:
         """The config saved with `step` (JSON: tuples come back as lists)."""
         restored = self._manager.restore(

@@ -593,6 +593,8 @@ def load_tokenizer(
 
     For later stages (transformers) that use the tokenizer frozen; the model is
     built from the config saved with the checkpoint, so it needs no other input.
+    Only the EMA model's arrays are read (not the optimizer, online model or
+    discriminator).
     """
     checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=1, save_interval_steps=1)
     try:
@@ -604,11 +606,12 @@ def load_tokenizer(
                 "or point the config's tokenizer_workdir at a finished tokenizer run."
             )
         config = checkpointer.restore_config(step)
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: create_train_state(config)))
-        state = checkpointer.restore_state(step, abstract)
+        abstract_ema = nnx.eval_shape(lambda: create_train_state(config)).ema_model
+        graphdef, abstract = nnx.split(abstract_ema)
+        state = checkpointer.restore_state_part(step, "ema_model", abstract)
     finally:
         checkpointer.close()
-    return nnx.merge(graphdef, state).ema_model, config
+    return nnx.merge(graphdef, state), config
 
 
 def inflation_mode(config: ml_collections.ConfigDict) -> str:
