@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import sys
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 import numpy as np
 
+from videogen import config as config_lib
 from videogen import optim
 from videogen.evaluation import lpips
 from videogen.trainers import tokenizer as trainer
@@ -37,13 +37,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(spec: str):
+    """The config of ``experiments/<name>.py[:arg]``."""
     name, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(
-        name, os.path.join(ROOT, "experiments", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    path = os.path.join(ROOT, "experiments", f"{name}.py")
+    return config_lib.load_experiment(path).get_config(arg or None)
 
 
 def best_seconds(fn, repeats: int) -> float:

@@ -17,7 +17,6 @@ experiments/quickstart_generator.py. Arguments: image_steps, tokenizer_steps,
 generator_steps.
 """
 
-import importlib.util
 import os
 
 import ml_collections
@@ -26,12 +25,9 @@ from videogen import config as config_lib
 
 
 def _sibling(name: str):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    return config_lib.load_experiment(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def get_config(arg: str | None = None):

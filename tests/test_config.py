@@ -1,6 +1,5 @@
 """Config strings, locked configs and the documented config errors."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,12 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_experiment(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(ROOT, "experiments", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_lib.load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"))
 
 
 def test_parse_arg_types_and_flags():
@@ -82,3 +76,10 @@ def test_command_line_unknown_key_is_an_error(tmp_path):
     assert proc.returncode != 0
     assert "resolutoin" in proc.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_load_experiment_loads_by_path_and_names_a_missing_file(tmp_path):
+    module = config_lib.load_experiment(os.path.join(ROOT, "experiments", "quickstart.py"))
+    assert module.get_config().stage_order[-1] == "generator"
+    with pytest.raises(FileNotFoundError, match="no_such_experiment.py"):
+        config_lib.load_experiment(tmp_path / "no_such_experiment.py")

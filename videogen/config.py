@@ -8,6 +8,10 @@ unknown key (a typo in a file or on the command line) raises.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import types
+
 import ml_collections
 
 from videogen.evaluation import evaluator
@@ -27,6 +31,20 @@ def _convert(value: str, default):
     if isinstance(default, float):
         return float(value)
     return value
+
+
+def load_experiment(path: str | os.PathLike) -> types.ModuleType:
+    """The experiment module in the file `path` (it defines ``get_config(arg)``), loaded
+    as ``--config=<path>`` loads it; for configs built from other experiment files, tests
+    and benchmarks."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no experiment file {path!r}; experiments live in experiments/.")
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
