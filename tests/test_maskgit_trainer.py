@@ -1,6 +1,7 @@
 """The MAGVIT stage-2 trainer end to end on tiny configs over a tiny frozen tokenizer:
 every experiment runs, resume, sharding, the conditioning path, eval and sample modes."""
 
+import functools
 import json
 import os
 import shutil
@@ -16,7 +17,8 @@ from test_config import ROOT, load_experiment
 from test_tokenizer_trainer import tiny
 
 from videogen import main as videogen_main
-from videogen.data import moving_digits
+from videogen import optim
+from videogen.data import moving_digits, token_files
 from videogen.models.tokenizer import VQVideoTokenizer
 from videogen.tasks import commit
 from videogen.trainers import maskgit
@@ -447,3 +449,63 @@ def test_sample_mode_needs_a_generative_trainer(tmp_path):
     config = load_experiment("quickstart_tokenizer").get_config()
     with pytest.raises(ValueError, match="'tokenizer' does not generate samples"):
         videogen_main.run(config, str(tmp_path), mode="sample")
+
+
+# --- token files (--mode=tokenize) ----------------------------------------------------------
+
+
+def test_train_step_from_tokens_equals_the_step_from_videos(tmp_path, tokenizer_workdir):
+    """The quickstart's tasks (FP from 1 frame, CG) take z̃ from z, so a step on the target's
+    tokens is the step on the videos, bit for bit, with the tokenizer run beforehand."""
+    config = tiny_maskgit("quickstart_generator", None, tokenizer_workdir)
+    run = maskgit._Run(config, str(tmp_path))
+    graphdef, state, _, _ = run.create_or_restore_state()
+    schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    step = jax.jit(
+        functools.partial(
+            maskgit.train_step, graphdef, run.tokenizer_graphdef, run.setup, config, schedule
+        )
+    )
+    batch = next(run.train_iter)
+    tokenizer = nnx.merge(run.tokenizer_graphdef, run.tokenizer_state)
+    tokens = maskgit.to_factors(
+        tokenizer.tokenize(tokenizer_trainer.to_float(jnp.asarray(batch["video"]))), run.setup
+    )
+    from_videos, m1 = step(state, run.tokenizer_state, dict(batch))
+    from_tokens, m2 = step(state, run.tokenizer_state, {"tokens": tokens, "label": batch["label"]})
+    assert float(m1["loss"]) == float(m2["loss"])
+    for x, y in zip(leaves(from_videos), leaves(from_tokens)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_tokenize_mode_writes_token_files_that_training_reads(tmp_path, tokenizer_workdir, capsys):
+    extra = {"tokenize.num_examples": 20, "tokenize.batch_size": 8}
+    config = tiny_maskgit("quickstart_generator", None, tokenizer_workdir, **extra)
+    directory = videogen_main.run(config, str(tmp_path / "gen"), mode="tokenize")
+    assert directory == str(tmp_path / "gen" / "tokens")
+    assert "tokenized 20 clips" in capsys.readouterr().out
+    source = token_files.TokenSource(directory)
+    assert len(source) == 20 and source.meta["latent_shape"] == [3, 4, 4]
+    example = source[0]
+    assert example["tokens"].shape == (48, 2) and example["tokens"].dtype == np.int32
+    assert 0 <= example["tokens"].min() and example["tokens"].max() < 8
+    labels = np.array([source[i]["label"] for i in range(20)])
+    assert set(labels) <= set(range(10)) and len(set(labels)) > 1
+
+    configure(config, **{"data.token_dir": directory})
+    result = maskgit.train_and_evaluate(config, str(tmp_path / "train"))
+    assert result.step == 2 and np.isfinite(result.history[-1]["loss"])
+
+    # Token files of another factorization, or tasks that tokenize their condition video,
+    # are refused before training.
+    other = tiny_maskgit(
+        "quickstart_generator", None, tokenizer_workdir, **{"data.token_dir": directory}
+    )
+    configure(other, **{"model.num_factors": 1})
+    with pytest.raises(ValueError, match="num_factors: files 2, run 1"):
+        maskgit._Run(other, str(tmp_path / "other"))
+    mt8 = tiny_maskgit("magvit_bair_mt8", None, tokenizer_workdir, **{"data.token_dir": directory})
+    with pytest.raises(ValueError, match="condition video tokenized"):
+        maskgit._Run(mt8, str(tmp_path / "mt8"))
+    with pytest.raises(FileNotFoundError, match="--mode=tokenize"):
+        token_files.TokenSource(str(tmp_path / "nothing"))

@@ -269,8 +269,13 @@ def maskgit_config() -> ml_collections.ConfigDict:
             resolution=128,
             worker_count=0,
             missing_hint="",
+            # A directory of token files (--mode=tokenize) to train from instead of encoding
+            # every batch with the frozen tokenizer; "" tokenizes on the fly.
+            token_dir="",
         )
     )
+    # --mode=tokenize: how many training clips to tokenize once, in batches of batch_size.
+    c.tokenize = ml_collections.ConfigDict(dict(num_examples=10_000, batch_size=32))
     c.batch_size = 256
     # 360 epochs of the 384K K600 training videos at batch 256 (5.4.2).
     c.num_train_steps = 540_000

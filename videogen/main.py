@@ -28,10 +28,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _MODE = flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "sample"],
+    ["train", "eval", "sample", "tokenize"],
     "train: train (resuming from the workdir) and evaluate; "
     "eval: evaluate the latest checkpoint in the workdir; "
-    "sample: write sample grids of the latest checkpoint (generative trainers).",
+    "sample: write sample grids of the latest checkpoint (generative trainers); "
+    "tokenize: write token files of the training data with the frozen tokenizer (stage 2).",
 )
 
 
@@ -92,6 +93,13 @@ def run(config, workdir: str, mode: str = "train"):
                 "no sample_checkpoint); use --mode=eval, or a generative trainer such as maskgit."
             )
         return trainer.sample_checkpoint(config, workdir)
+    if mode == "tokenize":
+        if not hasattr(trainer, "tokenize_dataset"):
+            raise ValueError(
+                f"--mode=tokenize: trainer {config.trainer!r} trains on videos (it has no "
+                "tokenize_dataset); tokenize for a stage-2 trainer such as maskgit."
+            )
+        return trainer.tokenize_dataset(config, workdir)
     return trainer.train_and_evaluate(config, workdir)
 
 

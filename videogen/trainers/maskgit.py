@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 
 import jax
@@ -36,7 +37,7 @@ from jax.experimental import multihost_utils
 from jaxtyping import Array, Bool, Float, Int, UInt8
 
 from videogen import checkpoint, optim, sharding
-from videogen.data import pipeline
+from videogen.data import pipeline, token_files
 from videogen.evaluation import digit_classifier, evaluator, video_grid
 from videogen.models import quantizers
 from videogen.models import tokenizer as tokenizer_models
@@ -271,7 +272,7 @@ def from_factors(tokens: Int[Array, "b n f"], setup: CommitSetup) -> Int[Array, 
 
 @dataclasses.dataclass
 class ConditionTokens:
-    condition_video: Float[Array, "b T H W c"]  # Ṽ in [-1, 1]
+    condition_video: Float[Array, "b T H W c"] | None  # Ṽ in [-1, 1] (None from token files)
     condition: Int[Array, "b n f"]  # z̃ = f_T(Ṽ) as sub-tokens
     condition_mask: Bool[Array, "b n"]  # ¬ispad: the token's cell holds condition pixels
     target: Int[Array, "b n f"] | None  # z = f_T(V), when asked for
@@ -296,11 +297,16 @@ def condition_tokens(
     if with_target and setup.condition_from_target:
         # Half the tokenizer work: z̃ = z on every condition token of these tasks.
         target = to_factors(jax.lax.stop_gradient(tokenizer.tokenize(video)), setup)
-        tokens = jnp.concatenate([target, target])
-    else:
-        clips = jnp.concatenate([cond_video, video]) if with_target else cond_video
-        tokens = to_factors(jax.lax.stop_gradient(tokenizer.tokenize(clips)), setup)
-    mask = commit.latent_condition_mask(
+        tokens = target_as_condition(setup, task_ids, target)
+        return dataclasses.replace(tokens, condition_video=cond_video)
+    clips = jnp.concatenate([cond_video, video]) if with_target else cond_video
+    tokens = to_factors(jax.lax.stop_gradient(tokenizer.tokenize(clips)), setup)
+    mask = _condition_mask(setup, task_ids)
+    return ConditionTokens(cond_video, tokens[:b], mask, tokens[b:] if with_target else None)
+
+
+def _condition_mask(setup: CommitSetup, task_ids: Int[Array, " b"]) -> Bool[Array, "b n"]:
+    return commit.latent_condition_mask(
         setup.tasks,
         task_ids,
         setup.video_shape,
@@ -308,8 +314,20 @@ def condition_tokens(
         temporal_factor=setup.temporal_factor,
         spatial_factor=setup.spatial_factor,
         causal=setup.causal,
-    ).reshape(b, -1)
-    return ConditionTokens(cond_video, tokens[:b], mask, tokens[b:] if with_target else None)
+    ).reshape(task_ids.shape[0], -1)
+
+
+def target_as_condition(
+    setup: CommitSetup, task_ids: Int[Array, " b"], target: Int[Array, "b n f"]
+) -> ConditionTokens:
+    """Training inputs from the target's tokens alone, z̃ = z (`condition_from_target`
+    tasks only): what token files provide, with no condition video."""
+    if not setup.condition_from_target:
+        raise ValueError(
+            "these tasks need their condition video tokenized (not every task's z̃ equals "
+            "the target's tokens); train from videos, not token files."
+        )
+    return ConditionTokens(None, target, _condition_mask(setup, task_ids), target)
 
 
 def prefix_tokens(
@@ -412,13 +430,16 @@ def train_step(
     train_state = nnx.merge(graphdef, state)
     tokenizer = nnx.merge(tokenizer_graphdef, tokenizer_state)
     step = train_state.optimizer.step[...]
-    b = batch["video"].shape[0]
+    b = batch["label"].shape[0]
     task_key, class_key, ratio_key, mask_key = jax.random.split(train_state.rngs.masking(), 4)
 
     task_ids = commit.sample_tasks(task_key, b, setup.task_weights)
-    tokens = condition_tokens(
-        tokenizer, setup, task_ids, tokenizer_trainer.to_float(batch["video"]), with_target=True
-    )
+    if "tokens" in batch:  # token files: the tokenizer already ran, once, in --mode=tokenize
+        tokens = target_as_condition(setup, task_ids, batch["tokens"])
+    else:
+        tokens = condition_tokens(
+            tokenizer, setup, task_ids, tokenizer_trainer.to_float(batch["video"]), with_target=True
+        )
     ratio = commit.sample_mask_ratio(ratio_key, b, config.mask_schedule, setup.num_tokens)
     model = train_state.model
     inputs = commit.commit_mask(
@@ -790,6 +811,83 @@ def load_frozen_tokenizer(config: ml_collections.ConfigDict) -> nnx.Module:
     return tokenizer
 
 
+def token_meta(config: ml_collections.ConfigDict, setup: CommitSetup) -> dict:
+    """What token files must agree on with the run that reads them (`token_files.check_meta`)."""
+    checkpointer = checkpoint.Checkpointer(
+        config.tokenizer_workdir, max_to_keep=1, save_interval_steps=1
+    )
+    try:
+        tokenizer_step = checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+    return {
+        "tokenizer_workdir": os.path.abspath(config.tokenizer_workdir),
+        "tokenizer_step": tokenizer_step,
+        "latent_shape": list(setup.latent_shape),
+        "num_bits": setup.num_bits,
+        "num_factors": setup.num_factors,
+        "sub_vocab_size": setup.sub_vocab_size,
+        "data": config.data.name,
+        "video_shape": list(setup.video_shape),
+        "frame_stride": config.data.frame_stride,
+    }
+
+
+def tokenize_dataset(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """`--mode=tokenize`: the frozen tokenizer's sub-tokens of `config.tokenize.num_examples`
+    training clips (a shuffled draw, as training would read them) with their labels, written
+    to `config.data.token_dir` (default `<workdir>/tokens`). Returns the directory.
+
+    Training with `data.token_dir` set then reads these instead of encoding every batch;
+    it suits tasks whose condition tokens are the target's (`condition_from_target`).
+    """
+    if jax.process_count() > 1:
+        raise ValueError(
+            "--mode=tokenize runs in one process; run it on one host and share the directory."
+        )
+    tokenizer = load_frozen_tokenizer(config)
+    setup = make_setup(config, tokenizer)
+    directory = config.data.token_dir or os.path.join(workdir, "tokens")
+    source = tokenizer_trainer.make_train_source(config)
+    count, batch_size = config.tokenize.num_examples, config.tokenize.batch_size
+    if not 0 < count <= len(source):
+        raise ValueError(
+            f"config.tokenize.num_examples={count}, but the training data {config.data.name!r} "
+            f"has {len(source)} clips; choose 1..{len(source)}."
+        )
+    graphdef, state = nnx.split(tokenizer)
+
+    @jax.jit
+    def encode(state, video):
+        model = nnx.merge(graphdef, state)
+        return to_factors(model.tokenize(tokenizer_trainer.to_float(video)), setup)
+
+    iterator = pipeline.make_iterator(
+        source, global_batch_size=batch_size, shuffle=True, seed=config.seed, num_epochs=None
+    )
+    tokens, labels, done = [], [], 0
+    started = time.perf_counter()
+    while done < count:
+        batch = next(iterator)
+        tokens.append(np.asarray(encode(state, batch["video"])))
+        labels.append(np.asarray(batch["label"]))
+        done += len(batch["label"])
+        logging.info("Tokenized %d/%d clips.", min(done, count), count)
+    seconds = time.perf_counter() - started
+    token_files.write(
+        directory,
+        np.concatenate(tokens)[:count],
+        np.concatenate(labels)[:count],
+        token_meta(config, setup),
+    )
+    print(
+        f"videogen: tokenized {count} clips of {config.data.name} into {directory} in "
+        f"{seconds:.0f} s ({count / seconds:.1f} clips/s); train from them with "
+        f"--config.data.token_dir={directory}"
+    )
+    return directory
+
+
 class _Run:
     """What training, `--mode=eval` and `--mode=sample` share: frozen tokenizer, mesh, data,
     checkpoints."""
@@ -808,7 +906,20 @@ class _Run:
             )
         self.tokenizer_graphdef, tokenizer_state = nnx.split(tokenizer)
         self.tokenizer_state = jax.device_put(tokenizer_state, sharding.replicated(self.mesh))
-        self.train_source = tokenizer_trainer.make_train_source(config)
+        if config.data.token_dir:
+            if not self.setup.condition_from_target:
+                raise ValueError(
+                    f"config.data.token_dir={config.data.token_dir!r}: tasks "
+                    f"{[t.name for t in self.setup.tasks if not self.setup.condition_tokens_match_target(t)]} "
+                    "need their condition video tokenized in every step; token files hold the "
+                    "target's tokens only. Clear data.token_dir to train from videos."
+                )
+            token_files.check_meta(config.data.token_dir, token_meta(config, self.setup))
+            self.train_source = token_files.TokenSource(config.data.token_dir)
+            fields = ("tokens", "label")
+        else:
+            self.train_source = tokenizer_trainer.make_train_source(config)
+            fields = ("video", "label")
         self.train_iter = pipeline.make_iterator(
             self.train_source,
             global_batch_size=config.batch_size,
@@ -816,6 +927,7 @@ class _Run:
             seed=config.seed,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+            fields=fields,
             worker_count=config.data.worker_count,
         )
         self.checkpointer = checkpoint.Checkpointer(
@@ -905,7 +1017,7 @@ def train_and_evaluate(
         while step < end:
             batch = next(run.train_iter)
             check_labels(batch["label"], setup)
-            batch = sharding.shard_batch({"video": batch["video"], "label": batch["label"]}, mesh)
+            batch = sharding.shard_batch(dict(batch), mesh)
             state, metrics = jitted_step(state, run.tokenizer_state, batch)
             step += 1
             progress(step)
