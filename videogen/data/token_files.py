@@ -32,7 +32,20 @@ def write(
     labels: Int[np.ndarray, " N"],
     meta: dict[str, Any],
 ) -> None:
-    """Writes a token directory; files appear only once all three are complete."""
+    """Writes a token directory; files appear only once all three are complete.
+
+    An existing token directory is replaced; any other non-empty directory is refused,
+    so a mistyped `data.token_dir` cannot delete data.
+    """
+    if (
+        os.path.isdir(directory)
+        and os.listdir(directory)
+        and not os.path.exists(os.path.join(directory, META))
+    ):
+        raise ValueError(
+            f"{directory!r} is a non-empty directory without token files ({META}); refusing to "
+            "replace it. Point config.data.token_dir at a new or token directory."
+        )
     tokens, labels = np.asarray(tokens), np.asarray(labels)
     if tokens.ndim != 3 or labels.shape != tokens.shape[:1]:
         raise ValueError(
