@@ -57,12 +57,7 @@ def main():
     labels = (
         jnp.zeros((b,), jnp.int32) if not config.num_classes else jnp.arange(b) % config.num_classes
     )
-    encode = jax.jit(
-        lambda s, v: maskgit.to_factors(
-            nnx.merge(tokenizer_graphdef, s).tokenize(tokenizer_trainer.to_float(v)), setup
-        )
-    )
-    tokens = encode(tokenizer_state, video)
+    tokens = maskgit.video_tokens(tokenizer, setup, tokenizer_trainer.to_float(video))
     batches = {
         "videos": {"video": video, "label": labels},
         "token files": {"tokens": tokens, "label": labels},

@@ -22,6 +22,13 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 
+def _filled(abstract: nnx.State, pure: dict) -> nnx.State:
+    """A fresh copy of the `abstract` container holding the restored arrays of `pure`."""
+    state = jax.tree.map(lambda x: x, abstract)
+    nnx.replace_by_pure_dict(state, pure)
+    return state
+
+
 class Checkpointer:
     """Thin wrapper over an orbax CheckpointManager rooted at `<workdir>/checkpoints`."""
 
@@ -71,18 +78,12 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_pure),
             data=grain.checkpoint.CheckpointRestore(data_iterator),
         )
-        restored = self._manager.restore(step, args=args)
-        state = jax.tree.map(lambda x: x, abstract_state)  # a fresh container to fill
-        nnx.replace_by_pure_dict(state, restored["state"])
-        return state
+        return _filled(abstract_state, self._manager.restore(step, args=args)["state"])
 
     def restore_state(self, step: int, abstract_state: nnx.State) -> nnx.State:
         """Restores only the train state of `step` (no data iterator), e.g. a frozen stage-1 model."""
         args = ocp.args.Composite(state=ocp.args.StandardRestore(nnx.to_pure_dict(abstract_state)))
-        restored = self._manager.restore(step, args=args)
-        state = jax.tree.map(lambda x: x, abstract_state)
-        nnx.replace_by_pure_dict(state, restored["state"])
-        return state
+        return _filled(abstract_state, self._manager.restore(step, args=args)["state"])
 
     def restore_state_part(self, step: int, name: str, abstract_part: nnx.State) -> nnx.State:
         """Restores one top-level entry of the saved train state (e.g. "ema_model"), reading
@@ -96,10 +97,7 @@ class Checkpointer:
                 partial_restore=True,
             )
         )
-        restored = self._manager.restore(step, args=args)
-        part = jax.tree.map(lambda x: x, abstract_part)
-        nnx.replace_by_pure_dict(part, restored["state"][name])
-        return part
+        return _filled(abstract_part, self._manager.restore(step, args=args)["state"][name])
 
     def restore_config(self, step: int) -> ml_collections.ConfigDict:
         """The config saved with `step` (JSON: tuples come back as lists)."""

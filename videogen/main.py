@@ -65,6 +65,21 @@ def _is_multi_process() -> bool:
     return "JAX_COORDINATOR_ADDRESS" in env
 
 
+# Modes only some trainers have: entry point, what a trainer without it lacks, and the fix.
+_OPTIONAL_MODES = {
+    "sample": (
+        "sample_checkpoint",
+        "does not generate samples",
+        "use --mode=eval, or a generative trainer such as maskgit.",
+    ),
+    "tokenize": (
+        "tokenize_dataset",
+        "trains on videos",
+        "tokenize for a stage-2 trainer such as maskgit.",
+    ),
+}
+
+
 def run(config, workdir: str, mode: str = "train"):
     """Imports the trainer the config names and runs it; returns its result."""
     try:
@@ -86,20 +101,13 @@ def run(config, workdir: str, mode: str = "train"):
         ) from None
     if mode == "eval":
         return trainer.evaluate_checkpoint(config, workdir)
-    if mode == "sample":
-        if not hasattr(trainer, "sample_checkpoint"):
+    if mode in _OPTIONAL_MODES:
+        entry, lacks, fix = _OPTIONAL_MODES[mode]
+        if not hasattr(trainer, entry):
             raise ValueError(
-                f"--mode=sample: trainer {config.trainer!r} does not generate samples (it has "
-                "no sample_checkpoint); use --mode=eval, or a generative trainer such as maskgit."
+                f"--mode={mode}: trainer {config.trainer!r} {lacks} (it has no {entry}); {fix}"
             )
-        return trainer.sample_checkpoint(config, workdir)
-    if mode == "tokenize":
-        if not hasattr(trainer, "tokenize_dataset"):
-            raise ValueError(
-                f"--mode=tokenize: trainer {config.trainer!r} trains on videos (it has no "
-                "tokenize_dataset); tokenize for a stage-2 trainer such as maskgit."
-            )
-        return trainer.tokenize_dataset(config, workdir)
+        return getattr(trainer, entry)(config, workdir)
     return trainer.train_and_evaluate(config, workdir)
 
 

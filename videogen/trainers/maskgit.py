@@ -120,6 +120,16 @@ class CommitSetup:
         """Every task's condition tokens can be taken from the target's (see above)."""
         return all(self.condition_tokens_match_target(t) for t in self.tasks)
 
+    def require_condition_from_target(self, why: str) -> None:
+        """Raises, naming the tasks, unless `condition_from_target`; `why` says what needs it."""
+        if not self.condition_from_target:
+            tasks = [t.name for t in self.tasks if not self.condition_tokens_match_target(t)]
+            raise ValueError(
+                f"{why}: tasks {tasks} need their condition video tokenized in every step; "
+                "token files hold the target's tokens only. Train them from videos (clear "
+                "data.token_dir)."
+            )
+
     def task_id(self, name: str) -> int:
         names = [t.name for t in self.tasks]
         if name not in names:
@@ -260,6 +270,13 @@ def to_factors(indices: Int[Array, "b t h w"], setup: CommitSetup) -> Int[Array,
     return quantizers.factorize_indices(flat, setup.num_bits, setup.num_factors)
 
 
+def video_tokens(
+    tokenizer: nnx.Module, setup: CommitSetup, video: Float[Array, "b T H W c"]
+) -> Int[Array, "b n f"]:
+    """The frozen tokenizer's sub-tokens of clips in [-1, 1] (no gradient reaches it)."""
+    return to_factors(jax.lax.stop_gradient(tokenizer.tokenize(video)), setup)
+
+
 def from_factors(tokens: Int[Array, "b n f"], setup: CommitSetup) -> Int[Array, "b t h w"]:
     """Inverse of `to_factors`."""
     flat = (
@@ -296,11 +313,11 @@ def condition_tokens(
     cond_video = commit.condition_video(setup.tasks, task_ids, video)
     if with_target and setup.condition_from_target:
         # Half the tokenizer work: z̃ = z on every condition token of these tasks.
-        target = to_factors(jax.lax.stop_gradient(tokenizer.tokenize(video)), setup)
+        target = video_tokens(tokenizer, setup, video)
         tokens = target_as_condition(setup, task_ids, target)
         return dataclasses.replace(tokens, condition_video=cond_video)
     clips = jnp.concatenate([cond_video, video]) if with_target else cond_video
-    tokens = to_factors(jax.lax.stop_gradient(tokenizer.tokenize(clips)), setup)
+    tokens = video_tokens(tokenizer, setup, clips)
     mask = _condition_mask(setup, task_ids)
     return ConditionTokens(cond_video, tokens[:b], mask, tokens[b:] if with_target else None)
 
@@ -322,11 +339,7 @@ def target_as_condition(
 ) -> ConditionTokens:
     """Training inputs from the target's tokens alone, z̃ = z (`condition_from_target`
     tasks only): what token files provide, with no condition video."""
-    if not setup.condition_from_target:
-        raise ValueError(
-            "these tasks need their condition video tokenized (not every task's z̃ equals "
-            "the target's tokens); train from videos, not token files."
-        )
+    setup.require_condition_from_target("training from the target's tokens alone")
     return ConditionTokens(None, target, _condition_mask(setup, task_ids), target)
 
 
@@ -860,7 +873,7 @@ def tokenize_dataset(config: ml_collections.ConfigDict, workdir: str) -> str:
     @jax.jit
     def encode(state, video):
         model = nnx.merge(graphdef, state)
-        return to_factors(model.tokenize(tokenizer_trainer.to_float(video)), setup)
+        return video_tokens(model, setup, tokenizer_trainer.to_float(video))
 
     iterator = pipeline.make_iterator(
         source, global_batch_size=batch_size, shuffle=True, seed=config.seed, num_epochs=None
@@ -907,13 +920,9 @@ class _Run:
         self.tokenizer_graphdef, tokenizer_state = nnx.split(tokenizer)
         self.tokenizer_state = jax.device_put(tokenizer_state, sharding.replicated(self.mesh))
         if config.data.token_dir:
-            if not self.setup.condition_from_target:
-                raise ValueError(
-                    f"config.data.token_dir={config.data.token_dir!r}: tasks "
-                    f"{[t.name for t in self.setup.tasks if not self.setup.condition_tokens_match_target(t)]} "
-                    "need their condition video tokenized in every step; token files hold the "
-                    "target's tokens only. Clear data.token_dir to train from videos."
-                )
+            self.setup.require_condition_from_target(
+                f"config.data.token_dir={config.data.token_dir!r}"
+            )
             token_files.check_meta(config.data.token_dir, token_meta(config, self.setup))
             self.train_source = token_files.TokenSource(config.data.token_dir)
             fields = ("tokens", "label")
