@@ -117,7 +117,10 @@ def test_moving_digits_visible_moving_and_where_the_motion_says(digits_train):
         mass = gray.sum(axis=(1, 2))
         assert mass[0] > 40  # At least 40 white-pixel equivalents of ink.
         np.testing.assert_allclose(mass, mass[0], rtol=1e-6)  # Never clipped by a wall.
-        assert np.all(np.abs(np.diff(gray, axis=0)).sum(axis=(1, 2)) > 1)  # Every frame moves.
+        # Every frame moves, unless a bounce turned the digit back to where it was.
+        moved = np.abs(np.diff(gray, axis=0)).sum(axis=(1, 2)) > 1
+        bounced = np.isin(np.arange(1, len(gray)), [frame for frame, _ in motion.bounces])
+        assert np.all(moved | bounced)
         for frame, (y, x) in zip(gray, np.rint(motion.positions).astype(int)):
             outside = frame.copy()
             outside[y : y + size, x : x + size] = 0
@@ -135,11 +138,13 @@ def test_moving_digits_frame_stride_shows_every_kth_step():
         assert strided[i]["audio"].shape == (18000,)
 
 
-def test_moving_digits_caption_names_digit_direction_and_walls(digits_train):
+def test_moving_digits_caption_names_digit_direction_and_walls():
+    # Short clips: at 17 frames every digit reaches a wall, at 9 some do not.
+    digits = moving_digits.MovingDigits("train", num_frames=9, resolution=32)
     seen_bounce = seen_free = False
     for i in range(300):
-        motion = digits_train.motion(i)
-        caption = digits_train[i]["caption"]
+        motion = digits.motion(i)
+        caption = digits[i]["caption"]
         assert caption.startswith(f"a {motion.label} moves ")
         dy, dx = motion.velocity
         assert ("down" in caption) <= (dy > 0) and ("up" in caption) <= (dy < 0)

@@ -44,7 +44,7 @@ def test_heldout_clips_show_only_heldout_images():
     assert videos.shape == (10, 2, RESOLUTION, RESOLUTION, 3) and videos.dtype == np.uint8
     # Find each clip's digit image by exact template match over all eval images.
     eval_ids = moving_digits.split_image_ids("eval")
-    size = round(RESOLUTION * 3 / 8)
+    size = round(RESOLUTION * moving_digits.DIGIT_FRACTION)
     templates = np.rint(moving_digits._upscaled_digits(size)[eval_ids] * 255)
     held = set(dc.heldout_image_ids().tolist())
     for video, label in zip(videos, labels):
@@ -91,8 +91,8 @@ def test_clip_score_is_the_mean_of_frame_scores_for_any_length(trained, clips):
 
 
 def test_classifies_64px_clips_with_a_32px_model(trained):
-    # Frames are resized to the canvas and the digit is 3/8 of the frame at every
-    # resolution, so a model trained at 32 px still reads 64 px clips.
+    # Frames are resized to the canvas and the digit is the same fraction of the frame at
+    # every resolution, so a model trained at 32 px still reads 64 px clips.
     model, _ = trained
     videos, labels = dc.heldout_clips(64, 4, num_examples=128, seed=5)
     assert dc.class_accuracy(model, videos, labels) >= 0.8

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from absl import flags
 import grain
 
-from videogen.data.moving_digits import MovingDigits
+from videogen.data import moving_digits
 from videogen.data.real_clips import RealClips
 from videogen.data.tfds_source import TfdsSource
 from videogen.data.video_folder import VideoFolder
@@ -33,6 +33,16 @@ class VideoSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+def content_version(name: str) -> int:
+    """Version of what an embedded dataset shows (0 for data read from disk).
+
+    Part of the cache key of anything computed from a dataset's clips, so a
+    change to the embedded data is never answered from an old cache.
+    """
+    versions = {"moving_digits": moving_digits.VERSION}
+    return max(versions.get(part, 0) for part in name.split("+"))
 
 
 def make_source(
@@ -73,7 +83,7 @@ def make_source(
         num_frames=num_frames, resolution=resolution, num_examples=num_examples, seed=seed
     )
     if name == "moving_digits":
-        return MovingDigits(split, frame_stride=frame_stride, **common)
+        return moving_digits.MovingDigits(split, frame_stride=frame_stride, **common)
     if name == "real_clips":
         return RealClips(split, frame_stride=frame_stride, **common)
     if name == "video_folder":

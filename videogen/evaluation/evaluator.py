@@ -26,6 +26,7 @@ from jaxtyping import Array, Float, UInt8
 import ml_collections
 import numpy as np
 
+from videogen.data import pipeline
 from videogen.evaluation import feature_stats, frechet, i3d, inception
 
 NETWORKS = ("i3d", "inception")
@@ -256,6 +257,7 @@ class FrechetEvaluator:
         _, sha256, preprocessing = _network(p.network)
         return dict(
             dataset=dataset,
+            dataset_version=pipeline.content_version(dataset),
             split=p.real_split,
             num_examples=self.real_num_examples,
             num_frames=p.num_frames,
