@@ -51,6 +51,9 @@ MASKGIT_TINY = {
     "eval.every_steps": 0,
     "eval.at_end": False,
     "eval.frechet.num_samples": 0,
+    # Configs that tokenize before training (the quickstart's) write 16 clips.
+    "tokenize.num_examples": 16,
+    "tokenize.batch_size": 8,
 }
 
 
@@ -457,7 +460,9 @@ def test_sample_mode_needs_a_generative_trainer(tmp_path):
 def test_train_step_from_tokens_equals_the_step_from_videos(tmp_path, tokenizer_workdir):
     """The quickstart's tasks (FP from 1 frame, CG) take z̃ from z, so a step on the target's
     tokens is the step on the videos, bit for bit, with the tokenizer run beforehand."""
-    config = tiny_maskgit("quickstart_generator", None, tokenizer_workdir)
+    config = tiny_maskgit(
+        "quickstart_generator", None, tokenizer_workdir, **{"tokenize.before_training": False}
+    )
     run = maskgit._Run(config, str(tmp_path))
     graphdef, state, _, _ = run.create_or_restore_state()
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
@@ -509,3 +514,21 @@ def test_tokenize_mode_writes_token_files_that_training_reads(tmp_path, tokenize
         maskgit._Run(mt8, str(tmp_path / "mt8"))
     with pytest.raises(FileNotFoundError, match="--mode=tokenize"):
         token_files.TokenSource(str(tmp_path / "nothing"))
+
+
+def test_before_training_tokenizes_once_and_trains_from_the_files(tmp_path, tokenizer_workdir):
+    extra = {"tokenize.before_training": True, "num_train_steps": 2}
+    config = tiny_maskgit("quickstart_generator", None, tokenizer_workdir, **extra)
+    workdir = str(tmp_path / "gen")
+    assert maskgit.train_token_dir(config, workdir) == os.path.join(workdir, "tokens")
+    assert maskgit.train_and_evaluate(config, workdir).step == 2
+    source = token_files.TokenSource(os.path.join(workdir, "tokens"))
+    assert len(source) == 16 and source.meta["tokenizer_workdir"] == tokenizer_workdir
+    meta_written = os.stat(os.path.join(workdir, "tokens", token_files.META)).st_mtime_ns
+    # A resumed run trains on from the same files; it does not tokenize again.
+    configure(config, num_train_steps=3)
+    assert maskgit.train_and_evaluate(config, workdir).step == 3
+    assert os.stat(os.path.join(workdir, "tokens", token_files.META)).st_mtime_ns == meta_written
+    # Without the flag and without data.token_dir, batches are tokenized on the fly.
+    configure(config, **{"tokenize.before_training": False})
+    assert maskgit.train_token_dir(config, workdir) == ""

@@ -275,7 +275,11 @@ def maskgit_config() -> ml_collections.ConfigDict:
         )
     )
     # --mode=tokenize: how many training clips to tokenize once, in batches of batch_size.
-    c.tokenize = ml_collections.ConfigDict(dict(num_examples=10_000, batch_size=32))
+    # before_training: the training run itself tokenizes them into <workdir>/tokens first
+    # (unless data.token_dir names a directory) and trains from the files.
+    c.tokenize = ml_collections.ConfigDict(
+        dict(num_examples=10_000, batch_size=32, before_training=False)
+    )
     c.batch_size = 256
     # 360 epochs of the 384K K600 training videos at batch 256 (5.4.2).
     c.num_train_steps = 540_000

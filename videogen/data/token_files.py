@@ -71,9 +71,14 @@ def write(
             shutil.rmtree(staging)
 
 
+def exists(directory: str) -> bool:
+    """Whether `directory` holds token files (`write` moves them in together, meta included)."""
+    return os.path.exists(os.path.join(directory, META))
+
+
 def read_meta(directory: str) -> dict[str, Any]:
     path = os.path.join(directory, META)
-    if not os.path.exists(path):
+    if not exists(directory):
         raise FileNotFoundError(
             f"no token files in {directory!r} ({META} is missing); write them first with "
             "--mode=tokenize and the same config, or clear config.data.token_dir to "

@@ -841,9 +841,25 @@ def token_meta(config: ml_collections.ConfigDict, setup: CommitSetup) -> dict:
         "num_factors": setup.num_factors,
         "sub_vocab_size": setup.sub_vocab_size,
         "data": config.data.name,
+        "data_version": pipeline.content_version(config.data.name),
         "video_shape": list(setup.video_shape),
         "frame_stride": config.data.frame_stride,
     }
+
+
+def default_token_dir(workdir: str) -> str:
+    return os.path.join(workdir, "tokens")
+
+
+def train_token_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The token files training reads, or "" to tokenize every batch on the fly.
+
+    `data.token_dir` if set; else `<workdir>/tokens` when `tokenize.before_training`
+    (the run writes them there itself before its first step).
+    """
+    if config.data.token_dir:
+        return config.data.token_dir
+    return default_token_dir(workdir) if config.tokenize.before_training else ""
 
 
 def tokenize_dataset(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -860,7 +876,7 @@ def tokenize_dataset(config: ml_collections.ConfigDict, workdir: str) -> str:
         )
     tokenizer = load_frozen_tokenizer(config)
     setup = make_setup(config, tokenizer)
-    directory = config.data.token_dir or os.path.join(workdir, "tokens")
+    directory = config.data.token_dir or default_token_dir(workdir)
     source = tokenizer_trainer.make_train_source(config)
     count, batch_size = config.tokenize.num_examples, config.tokenize.batch_size
     if not 0 < count <= len(source):
@@ -880,12 +896,14 @@ def tokenize_dataset(config: ml_collections.ConfigDict, workdir: str) -> str:
     )
     tokens, labels, done = [], [], 0
     started = time.perf_counter()
+    log_every = max(count // 10, 1)  # about ten progress lines, whatever the count
     while done < count:
         batch = next(iterator)
         tokens.append(np.asarray(encode(state, batch["video"])))
         labels.append(np.asarray(batch["label"]))
-        done += len(batch["label"])
-        logging.info("Tokenized %d/%d clips.", min(done, count), count)
+        before, done = done, done + len(batch["label"])
+        if done // log_every > before // log_every or done >= count:
+            logging.info("Tokenized %d/%d clips.", min(done, count), count)
     seconds = time.perf_counter() - started
     token_files.write(
         directory,
@@ -919,12 +937,11 @@ class _Run:
             )
         self.tokenizer_graphdef, tokenizer_state = nnx.split(tokenizer)
         self.tokenizer_state = jax.device_put(tokenizer_state, sharding.replicated(self.mesh))
-        if config.data.token_dir:
-            self.setup.require_condition_from_target(
-                f"config.data.token_dir={config.data.token_dir!r}"
-            )
-            token_files.check_meta(config.data.token_dir, token_meta(config, self.setup))
-            self.train_source = token_files.TokenSource(config.data.token_dir)
+        token_dir = train_token_dir(config, workdir)
+        if token_dir:
+            self.setup.require_condition_from_target(f"training from token files in {token_dir!r}")
+            token_files.check_meta(token_dir, token_meta(config, self.setup))
+            self.train_source = token_files.TokenSource(token_dir)
             fields = ("tokens", "label")
         else:
             self.train_source = tokenizer_trainer.make_train_source(config)
@@ -994,6 +1011,10 @@ def train_and_evaluate(
     `stop_at_step` ends this run early, after saving, as a preemption would.
     """
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    token_dir = train_token_dir(config, workdir)
+    if config.tokenize.before_training and not token_files.exists(token_dir):
+        # Once per run: a resumed run finds the files (and _Run checks they still fit).
+        tokenize_dataset(config, workdir)
     run = _Run(config, workdir)
     mesh, setup = run.mesh, run.setup
     graphdef, state, state_shardings, step = run.create_or_restore_state()
