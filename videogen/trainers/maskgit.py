@@ -911,10 +911,15 @@ def tokenize_dataset(config: ml_collections.ConfigDict, workdir: str) -> str:
         np.concatenate(labels)[:count],
         token_meta(config, setup),
     )
+    # With tokenize.before_training the run trains from them itself; no hint needed.
+    hint = (
+        ""
+        if config.tokenize.before_training
+        else f"; train from them with --config.data.token_dir={directory}"
+    )
     print(
         f"videogen: tokenized {count} clips of {config.data.name} into {directory} in "
-        f"{seconds:.0f} s ({count / seconds:.1f} clips/s); train from them with "
-        f"--config.data.token_dir={directory}"
+        f"{seconds:.0f} s ({count / seconds:.1f} clips/s){hint}"
     )
     return directory
 
