@@ -532,3 +532,10 @@ def test_before_training_tokenizes_once_and_trains_from_the_files(tmp_path, toke
     # Without the flag and without data.token_dir, batches are tokenized on the fly.
     configure(config, **{"tokenize.before_training": False})
     assert maskgit.train_token_dir(config, workdir) == ""
+    # Tasks that tokenize their condition video are refused before any clip is encoded.
+    mt8 = tiny_maskgit(
+        "magvit_bair_mt8", None, tokenizer_workdir, **{"tokenize.before_training": True}
+    )
+    with pytest.raises(ValueError, match="condition video tokenized"):
+        maskgit.train_and_evaluate(mt8, str(tmp_path / "mt8"))
+    assert not token_files.exists(str(tmp_path / "mt8" / "tokens"))

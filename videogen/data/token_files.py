@@ -37,11 +37,7 @@ def write(
     An existing token directory is replaced; any other non-empty directory is refused,
     so a mistyped `data.token_dir` cannot delete data.
     """
-    if (
-        os.path.isdir(directory)
-        and os.listdir(directory)
-        and not os.path.exists(os.path.join(directory, META))
-    ):
+    if os.path.isdir(directory) and os.listdir(directory) and not exists(directory):
         raise ValueError(
             f"{directory!r} is a non-empty directory without token files ({META}); refusing to "
             "replace it. Point config.data.token_dir at a new or token directory."

@@ -127,7 +127,7 @@ class CommitSetup:
             raise ValueError(
                 f"{why}: tasks {tasks} need their condition video tokenized in every step; "
                 "token files hold the target's tokens only. Train them from videos (clear "
-                "data.token_dir)."
+                "data.token_dir and tokenize.before_training)."
             )
 
     def task_id(self, name: str) -> int:
@@ -876,6 +876,9 @@ def tokenize_dataset(config: ml_collections.ConfigDict, workdir: str) -> str:
         )
     tokenizer = load_frozen_tokenizer(config)
     setup = make_setup(config, tokenizer)
+    if config.tokenize.before_training:
+        # The training run that follows would refuse these files; refuse before encoding.
+        setup.require_condition_from_target("tokenize.before_training=True")
     directory = config.data.token_dir or default_token_dir(workdir)
     source = tokenizer_trainer.make_train_source(config)
     count, batch_size = config.tokenize.num_examples, config.tokenize.batch_size
