@@ -29,6 +29,9 @@ INSTALL_REQUIRES = [
     "pillow==13.0.0",
     "etils[epath]==1.15.0",  # workdir paths that may be local or gs://
     "threadpoolctl==3.8.0",  # benchmarks name the BLAS kernel they measured
+    # Text encoders: MiniLM's weights (numpy reader) and its WordPiece / T5's tokenizer files.
+    "safetensors==0.8.0",
+    "tokenizers==0.23.3",
 ]
 
 setup(
@@ -38,5 +41,5 @@ setup(
     packages=find_packages(include=["videogen", "videogen.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
 )

@@ -25,8 +25,8 @@ from flax import nnx
 import numpy as np
 
 from videogen.sampling.non_autoregressive import commit_decode
-from videogen.trainers import maskgit
-from videogen.trainers import tokenizer as tokenizer_trainer
+from videogen.tasks import commit_tokens
+from videogen.trainers import frozen_tokenizer, maskgit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402  (a sibling benchmark script)
@@ -43,13 +43,13 @@ def measure(spec: str, batch: int, repeats: int) -> dict:
     name, _, arg = spec.partition(":")
     config = load_config(spec)
     tokenizer_config = load_config(f"{TOKENIZER_OF[name]}:{arg}" if arg else TOKENIZER_OF[name])
-    tokenizer = nnx.eval_shape(lambda: tokenizer_trainer.build_model(tokenizer_config))
-    setup = maskgit.make_setup(config, tokenizer)
+    tokenizer = nnx.eval_shape(lambda: frozen_tokenizer.build_tokenizer(tokenizer_config))
+    setup = commit_tokens.make_setup(config, tokenizer)
     model = maskgit.build_model(config, setup)
     graphdef, state = nnx.split(model)
     task_id = setup.task_id("FP")
     task_ids = jnp.full((batch,), task_id, jnp.int32)
-    region = maskgit._latent_region(setup, setup.tasks[task_id]).reshape(-1)
+    region = commit_tokens.latent_region(setup, setup.tasks[task_id]).reshape(-1)
     condition_mask = jnp.broadcast_to(jnp.asarray(region), (batch, setup.num_tokens))
     rng = np.random.default_rng(0)
     condition = jnp.asarray(
@@ -57,7 +57,7 @@ def measure(spec: str, batch: int, repeats: int) -> dict:
         jnp.int32,
     )
     labels = jnp.zeros((batch,), jnp.int32)
-    prefix = maskgit.prefix_tokens(setup, task_ids, labels)
+    prefix = commit_tokens.prefix_tokens(setup, task_ids, labels)
     decoding = config.decoding
 
     @jax.jit

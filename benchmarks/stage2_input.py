@@ -25,8 +25,8 @@ from flax import nnx
 import numpy as np
 
 from videogen import optim
-from videogen.trainers import maskgit
-from videogen.trainers import tokenizer as tokenizer_trainer
+from videogen.tasks import commit_tokens
+from videogen.trainers import frozen_tokenizer, maskgit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from decoding import TOKENIZER_OF  # noqa: E402  (stage-2 experiment -> its tokenizer experiment)
@@ -43,8 +43,8 @@ def main():
     name, _, arg = args.config.partition(":")
     config = load_config(args.config)
     tokenizer_config = load_config(f"{TOKENIZER_OF[name]}:{arg}" if arg else TOKENIZER_OF[name])
-    tokenizer = tokenizer_trainer.build_model(tokenizer_config)
-    setup = maskgit.make_setup(config, tokenizer)
+    tokenizer = frozen_tokenizer.build_tokenizer(tokenizer_config)
+    setup = commit_tokens.make_setup(config, tokenizer)
     tokenizer_graphdef, tokenizer_state = nnx.split(tokenizer)
     graphdef, state = nnx.split(maskgit.create_train_state(config, setup))
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
@@ -57,7 +57,7 @@ def main():
     labels = (
         jnp.zeros((b,), jnp.int32) if not config.num_classes else jnp.arange(b) % config.num_classes
     )
-    tokens = maskgit.video_tokens(tokenizer, setup, tokenizer_trainer.to_float(video))
+    tokens = commit_tokens.video_tokens(tokenizer, setup, frozen_tokenizer.to_float(video))
     batches = {
         "videos": {"video": video, "label": labels},
         "token files": {"tokens": tokens, "label": labels},

@@ -28,6 +28,7 @@ import numpy as np
 from videogen import config as config_lib
 from videogen import optim
 from videogen.evaluation import lpips
+from videogen.trainers import frozen_tokenizer
 from videogen.trainers import tokenizer as trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -79,7 +80,7 @@ def measure(spec: str, repeats: int) -> dict:
 
     model = nnx.merge(graphdef, state).model
     model_graphdef, model_state = nnx.split(model)
-    encode = jax.jit(lambda s, v: nnx.merge(model_graphdef, s).tokenize(trainer.to_float(v)))
+    encode = jax.jit(lambda s, v: nnx.merge(model_graphdef, s).tokenize(frozen_tokenizer.to_float(v)))
     tokens = encode(model_state, video)
     decode = jax.jit(lambda s, i: nnx.merge(model_graphdef, s).detokenize(i))
     encode_seconds = best_seconds(lambda: encode(model_state, video), repeats)

@@ -28,29 +28,8 @@ def get_config(arg: str | None = None):
         "--config.eval.path=...), or run the same architecture shrunk to CPU size on "
         "embedded data with --config=experiments/magvit2_k600.py:runlocal"
     )
-    c.eval.datasets = "video_folder"
     if args.runlocal:
-        c.data.name = "moving_digits+real_clips"
-        c.data.path = ""
-        c.eval.path = ""
-        c.data.missing_hint = ""
-        c.data.num_frames = 9  # 1 + 4*2: two latent frames after the first
-        c.data.resolution = 32
-        c.model.base_channels = 16
-        c.model.num_res_blocks = 1
-        c.model.num_groups = 8
-        c.discriminator.base_channels = 16
-        c.discriminator.channel_multipliers = (2, 4, 4)
-        c.batch_size = 4
-        c.num_train_steps = 200
-        c.optimizer.warmup_steps = 20
+        config_lib.tokenizer_runlocal(c, num_frames=9)  # 1 + 4*2: two latent frames after the first
         c.loss.entropy_anneal_steps = 100
-        c.checkpoint.every_steps = 50
-        c.log_every_steps = 10
-        c.eval.datasets = "moving_digits,real_clips"
-        c.eval.num_examples = 16
-        c.eval.batch_size = 4
-        c.eval.every_steps = 0
-        c.eval.frechet.update(num_samples=16, num_frames=9, resolution=32)
     c.lock()
     return c

@@ -49,34 +49,13 @@ def get_config(arg: str | None = None):
         "--config.eval.path=..., or run the CPU twin on embedded data with "
         "--config=experiments/magvit_3dvq.py:runlocal"
     )
-    c.eval.datasets = "video_folder"
-    c.eval.frechet.num_frames = 16
     c.batch_size = 128 if args.size == "B" else 256
     c.discriminator.base_channels = c.model.base_channels
     if args.runlocal:
-        c.data.name = "moving_digits+real_clips"
-        c.data.path = ""
-        c.eval.path = ""
-        c.data.missing_hint = ""
-        c.data.num_frames = 16
-        c.data.resolution = 32
-        c.model.base_channels = 16
+        config_lib.tokenizer_runlocal(c, num_frames=16)
+        # Two levels, both pooling time too: 16x32x32 -> 4x8x8 tokens.
         c.model.channel_multipliers = (1, 2, 4)
         c.model.temporal_downsample = (True, True)
-        c.model.num_res_blocks = 1
-        c.model.num_groups = 8
         c.model.embedding_dim = 32
-        c.discriminator.base_channels = 16
-        c.discriminator.channel_multipliers = (2, 4, 4)
-        c.batch_size = 4
-        c.num_train_steps = 200
-        c.optimizer.warmup_steps = 20
-        c.checkpoint.every_steps = 50
-        c.log_every_steps = 10
-        c.eval.datasets = "moving_digits,real_clips"
-        c.eval.num_examples = 16
-        c.eval.batch_size = 4
-        c.eval.every_steps = 0
-        c.eval.frechet.update(num_samples=16, num_frames=16, resolution=32)
     c.lock()
     return c

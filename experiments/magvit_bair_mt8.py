@@ -16,7 +16,7 @@ temperature 400. Tokens come from a MAGVIT 3D-VQ tokenizer trained on BAIR
 import ml_collections
 
 from videogen import config as config_lib
-from videogen.evaluation import evaluator
+from videogen.evaluation import protocols
 
 BAIR_PATH = "/data/bair"
 TASKS = ("FP", "FI", "OPC", "OPV", "OPH", "OPD", "IPC", "IPD")
@@ -51,7 +51,7 @@ def get_config(arg: str | None = None):
     c.decoding.update(schedule="exponential", choice_temperature=400.0)
     c.eval.tasks = TASKS
     c.eval.num_examples = 102_400
-    c.eval.frechet = evaluator.protocol_config("bair_fp")
+    c.eval.frechet = protocols.protocol_config("bair_fp")
     if args.runlocal:
         config_lib.maskgit_runlocal(c, tokenizer="3dvq")
     c.lock()

@@ -18,7 +18,7 @@ reports the digit classifier's accuracy on the samples.
 import ml_collections
 
 from videogen import config as config_lib
-from videogen.evaluation import evaluator
+from videogen.evaluation import protocols
 
 UCF_PATH = "/data/ucf101"
 
@@ -52,7 +52,7 @@ def get_config(arg: str | None = None):
     c.decoding.update(schedule="cosine", choice_temperature=4.5, guidance_scale=1.0)
     c.eval.tasks = ("CG",)
     c.eval.num_examples = 40_000
-    c.eval.frechet = evaluator.protocol_config("ucf101_cg")
+    c.eval.frechet = protocols.protocol_config("ucf101_cg")
     if args.runlocal:
         config_lib.maskgit_runlocal(c, tokenizer="3dvq")
         c.data.name = "moving_digits"  # class labels: the digit

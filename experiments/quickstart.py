@@ -39,7 +39,7 @@ def get_config(arg: str | None = None):
     generator = _sibling("quickstart_generator").get_config(f"steps={args.generator_steps}")
     generator.tokenizer_workdir = "@tokenizer"
     c = ml_collections.ConfigDict()
-    c.trainer = "pipeline"
+    c.trainer = "stages"
     c.stage_order = ("image_tokenizer", "tokenizer", "generator")
     c.stages = ml_collections.ConfigDict(
         {"image_tokenizer": image, "tokenizer": video, "generator": generator}

@@ -21,7 +21,7 @@ Argument: `steps=N`.
 import ml_collections
 
 from videogen import config as config_lib
-from videogen.evaluation import evaluator
+from videogen.evaluation import protocols
 
 
 def get_config(arg: str | None = None):
@@ -52,7 +52,7 @@ def get_config(arg: str | None = None):
     c.checkpoint.every_steps = 500
     c.log_every_steps = 50
     c.eval.update(dataset="moving_digits", path="", tasks=("FP", "CG"))
-    c.eval.update(num_examples=64, batch_size=16, every_steps=0, at_end=True, grid_examples=8)
-    c.eval.frechet = evaluator.protocol_config("quickstart", num_samples=64)
+    c.eval.update(num_examples=64, batch_size=16, every_steps=None, at_end=True, grid_examples=8)
+    c.eval.frechet = protocols.protocol_config("quickstart", num_samples=64)
     c.lock()
     return c

@@ -13,7 +13,6 @@ inflated from in experiments/quickstart.py.
 """
 
 from videogen import config as config_lib
-from videogen.evaluation import evaluator
 
 
 def get_config(arg: str | None = None):
@@ -60,11 +59,11 @@ def get_config(arg: str | None = None):
         c.loss.perceptual_weight = 0.0
     c.checkpoint.every_steps = 100
     c.log_every_steps = 50
-    c.eval.datasets = "moving_digits,real_clips"
+    c.eval.datasets = ("moving_digits", "real_clips")
     c.eval.num_examples = 64
     c.eval.batch_size = 8
-    c.eval.every_steps = 0  # at the end only: a mid-run evaluation costs ~2 minutes here
-    c.eval.frechet = evaluator.protocol_config("quickstart", num_samples=64)
+    c.eval.every_steps = None  # at the end only: a mid-run evaluation costs ~2 minutes here
+    c.eval.frechet = config_lib.reconstruction_frechet(c, "quickstart", num_samples=64)
     if args.image:
         # Image pre-training (thesis 5.4.2): the same model with 1x3x3 kernels on single
         # frames; the video stage inflates it (temporally last slice, as it is causal).

@@ -7,12 +7,7 @@ import sys
 import pytest
 
 from videogen import config as config_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_experiment(name):
-    return config_lib.load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"))
+from tiny_configs import ROOT, load_experiment
 
 
 def test_parse_arg_types_and_flags():
@@ -83,3 +78,31 @@ def test_load_experiment_loads_by_path_and_names_a_missing_file(tmp_path):
     assert module.get_config().stage_order[-1] == "generator"
     with pytest.raises(FileNotFoundError, match="no_such_experiment.py"):
         config_lib.load_experiment(tmp_path / "no_such_experiment.py")
+
+
+def test_loading_any_experiment_imports_neither_jax_nor_the_evaluation_networks():
+    """Configs are plain data: every experiment (and its variants) loads without JAX, Flax,
+    TensorFlow or a feature network, as `config.load_experiment` does for the entry point."""
+    code = """
+import glob, os, sys
+from videogen import config
+variants = {"magvit2_k600": ["runlocal"], "magvit_3dvq": ["runlocal", "size=L"],
+            "magvit2_k600_fp": ["runlocal"], "magvit_ucf101_cg": ["runlocal"],
+            "magvit_bair_mt8": ["runlocal"], "quickstart_tokenizer": ["image=true"]}
+paths = sorted(glob.glob("experiments/*.py"))
+assert len(paths) >= 8, paths
+for path in paths:
+    name = os.path.splitext(os.path.basename(path))[0]
+    module = config.load_experiment(path)
+    for arg in [None] + variants.get(name, []):
+        module.get_config(arg)
+heavy = [m for m in ("jax", "flax", "tensorflow", "videogen.evaluation.evaluator",
+                     "videogen.evaluation.i3d") if m in sys.modules]
+assert not heavy, heavy
+print(len(paths))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 8

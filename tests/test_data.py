@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from videogen.data import moving_digits, pipeline, real_clips, transforms
-from videogen.data.video_decode import VideoDecodeError, probe_video, read_frames, read_video
+from videogen.data.video_decode import (
+    VideoDecodeError,
+    probe_video,
+    read_audio,
+    read_frames,
+    read_video,
+)
 from videogen.data.video_folder import VideoFolder
 
 
@@ -429,3 +435,112 @@ def test_video_folder_eval_views_are_windows_times_crops(tmp_path):
         pipeline.make_source(
             "video_folder", "train", path=str(root), num_frames=4, resolution=16, spatial_crops=3
         )
+
+
+# ---------------------------------------------------------------- video folder audio
+
+_TONE_HZ = 1000.0
+_TONE_ONSET_SECONDS = 0.25
+
+
+def _write_video_with_tone(path, num_frames: int = 6, fps: int = 8, sample_rate: int = 22050):
+    """mpeg4 32x32 frames of constant grey 40 * t, and a stereo AAC track that is silent
+    until _TONE_ONSET_SECONDS, then a _TONE_HZ sine of amplitude 0.5 in both channels."""
+    container = av.open(str(path), "w")
+    video = container.add_stream("mpeg4", rate=fps)
+    video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+    audio = container.add_stream("aac", rate=sample_rate)
+    audio.layout = "stereo"
+    for t in range(num_frames):
+        frame = np.full((32, 32, 3), 40 * t, np.uint8)
+        for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            container.mux(packet)
+    for packet in video.encode():
+        container.mux(packet)
+    seconds = np.arange(round(num_frames / fps * sample_rate)) / sample_rate
+    tone = np.where(
+        seconds >= _TONE_ONSET_SECONDS, 0.5 * np.sin(2 * np.pi * _TONE_HZ * seconds), 0.0
+    ).astype(np.float32)
+    for start in range(0, len(tone), 1024):
+        chunk = np.ascontiguousarray(np.repeat(tone[None, start : start + 1024], 2, axis=0))
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts = sample_rate, start
+        for packet in audio.encode(frame):
+            container.mux(packet)
+    for packet in audio.encode():
+        container.mux(packet)
+    container.close()
+
+
+def test_video_folder_audio_is_the_clips_span_of_the_track(tmp_path, caplog):
+    _write_video_with_tone(tmp_path / "tone.mp4")
+    _write_video(tmp_path / "mute.mp4", 6, height=32, width=32)
+    with caplog.at_level(logging.WARNING):
+        source = VideoFolder(
+            tmp_path, "eval", num_frames=2, frame_stride=2, resolution=16, with_audio=True
+        )
+    assert source.keys == ("video", "label", "caption", "audio", "has_audio")
+    assert source.files == ["mute.mp4", "tone.mp4"] and source.files_without_audio == 1
+    assert any("have no audio track" in r.getMessage() for r in caplog.records)
+    # 2 frames every 2nd frame of an 8 fps video span 0.5 s: 8000 samples at 16 kHz.
+    assert source.audio_lengths == [8000, 8000]
+
+    mute, tone = source[0], source[1]
+    assert mute["audio"].shape == (8000,) and mute["audio"].dtype == np.float32
+    assert not mute["has_audio"] and not np.any(mute["audio"])
+    assert tone["audio"].shape == (8000,) and tone["has_audio"]
+    # The centred clip starts at frame 1 (0.125 s), so the tone (from 0.25 s) starts
+    # 0.125 s = 2000 samples in; stereo is averaged, so the amplitude stays 0.5.
+    audio = tone["audio"]
+    assert np.abs(audio[:1900]).max() < 0.01
+    np.testing.assert_allclose(np.sqrt(np.mean(audio[2100:] ** 2)), 0.5 / np.sqrt(2), atol=0.01)
+    spectrum = np.abs(np.fft.rfft(audio[2000:]))
+    peak_hz = np.argmax(spectrum) * 16000 / len(audio[2000:])
+    assert abs(peak_hz - _TONE_HZ) < 3.0  # The FFT's bin spacing is 2.7 Hz.
+
+
+def test_video_folder_train_audio_follows_the_random_clip_start(tmp_path):
+    _write_video_with_tone(tmp_path / "tone.mp4")
+    source = VideoFolder(
+        tmp_path,
+        "train",
+        num_frames=2,
+        frame_stride=2,
+        resolution=16,
+        num_examples=12,
+        with_audio=True,
+        seed=1,
+    )
+    starts = set()
+    for i in range(12):
+        example = source[i]
+        start = int(round(example["video"][0].mean() / 40))  # Frame t is grey 40 * t.
+        starts.add(start)
+        onset = max(0, round((_TONE_ONSET_SECONDS - start / 8) * 16000))
+        loud = np.flatnonzero(np.abs(example["audio"]) > 0.05)
+        assert abs(loud[0] - onset) < 10, (start, loud[0], onset)
+    assert len(starts) >= 3  # The clip start (0..3) really varies.
+
+
+def test_video_folder_without_with_audio_never_reads_audio(tmp_path, monkeypatch):
+    _write_video_with_tone(tmp_path / "tone.mp4")
+    with_audio = VideoFolder(tmp_path, "eval", num_frames=2, resolution=16, with_audio=True)
+    expected_video = with_audio[0]["video"]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("audio was decoded although with_audio is False")
+
+    monkeypatch.setattr("videogen.data.video_folder.read_audio", fail)
+    source = VideoFolder(tmp_path, "eval", num_frames=2, resolution=16)
+    assert source.keys == ("video", "label", "caption")
+    example = source[0]
+    assert sorted(example) == ["caption", "label", "video"]
+    np.testing.assert_array_equal(example["video"], expected_video)
+    with pytest.raises(ValueError, match=r"fields \['audio'\] are not produced"):
+        pipeline.make_iterator(source, global_batch_size=1, shuffle=False, seed=0, fields=["audio"])
+
+
+def test_read_audio_rejects_a_file_without_audio(tmp_path):
+    _write_video(tmp_path / "mute.mp4", 4)
+    with pytest.raises(VideoDecodeError, match="mute.mp4.*no audio stream"):
+        read_audio(tmp_path / "mute.mp4", 0.0, 100, sample_rate=16000)

@@ -30,7 +30,7 @@ def test_heldout_images_are_a_stratified_fifth_of_the_eval_split():
     eval_ids = moving_digits.split_image_ids("eval")
     assert len(eval_ids) == 360 and len(held) == 73
     assert np.all(np.isin(held, eval_ids))
-    digits = moving_digits._digits()[1]
+    digits = moving_digits.digit_images()[1]
     # Every class keeps a fifth of its eval images (rounded) out of training.
     np.testing.assert_array_equal(
         np.bincount(digits[held], minlength=10),
@@ -45,7 +45,7 @@ def test_heldout_clips_show_only_heldout_images():
     # Find each clip's digit image by exact template match over all eval images.
     eval_ids = moving_digits.split_image_ids("eval")
     size = round(RESOLUTION * moving_digits.DIGIT_FRACTION)
-    templates = np.rint(moving_digits._upscaled_digits(size)[eval_ids] * 255)
+    templates = np.rint(moving_digits.upscaled_digits(size)[eval_ids] * 255)
     held = set(dc.heldout_image_ids().tolist())
     for video, label in zip(videos, labels):
         windows = np.lib.stride_tricks.sliding_window_view(video[0, :, :, 0], (size, size))
@@ -53,7 +53,7 @@ def test_heldout_clips_show_only_heldout_images():
         (matches,) = np.nonzero((diff == 0).any(axis=(1, 2)))
         assert len(matches) == 1
         image_id = int(eval_ids[matches[0]])
-        assert image_id in held and moving_digits._digits()[1][image_id] == label
+        assert image_id in held and moving_digits.digit_images()[1][image_id] == label
 
 
 def test_learns_digits_it_never_trained_on(trained):
@@ -125,7 +125,7 @@ def test_save_reload_round_trip_does_not_retrain(tmp_path, trained, clips, count
     model, metrics = trained
     first = dc.load_or_train(tmp_path, RESOLUTION, NUM_FRAMES)
     assert len(counted_training) == 1
-    params_path, meta_path = dc._paths(tmp_path, RESOLUTION)
+    params_path, meta_path = dc.classifier_paths(tmp_path, RESOLUTION)
     assert params_path.parent == tmp_path / "digit_classifier"
     meta = json.loads(meta_path.read_text())
     assert meta["version"] == dc.VERSION and meta["resolution"] == RESOLUTION
@@ -188,7 +188,7 @@ def test_corrupt_or_mismatched_file_is_retrained_with_a_warning(
     tmp_path, caplog, clips, damage, counted_training
 ):
     dc.load_or_train(tmp_path, RESOLUTION, NUM_FRAMES)
-    params_path, meta_path = dc._paths(tmp_path, RESOLUTION)
+    params_path, meta_path = dc.classifier_paths(tmp_path, RESOLUTION)
     damage(params_path, meta_path)
     with caplog.at_level(logging.WARNING):
         retrained = dc.load_or_train(tmp_path, RESOLUTION, NUM_FRAMES)

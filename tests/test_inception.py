@@ -164,10 +164,10 @@ def test_corrupted_weights_file_raises_hash_error(tmp_path):
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(weight_files.WeightFileHashError) as error:
-        inception.load_inception(corrupt, sha256=inception.DEFAULT_WEIGHTS_SHA256)
+        inception.load_inception(corrupt, sha256=inception.WEIGHTS_SHA256)
     message = str(error.value)
     assert str(corrupt) in message
-    assert inception.DEFAULT_WEIGHTS_SHA256 in message
+    assert inception.WEIGHTS_SHA256 in message
     assert weight_files.sha256_of(corrupt) in message
     assert "reinstall" in message
 
@@ -181,7 +181,7 @@ def test_user_file_hash_comes_from_argument_or_hub_style_name(tmp_path):
     # Without either there is nothing to check against: refused, naming the hash to pass.
     unnamed = tmp_path / "inception.pt"
     unnamed.symlink_to(inception.default_weights_path())
-    with pytest.raises(ValueError, match=inception.DEFAULT_WEIGHTS_SHA256):
+    with pytest.raises(ValueError, match=inception.WEIGHTS_SHA256):
         inception.load_inception(unnamed)
 
 

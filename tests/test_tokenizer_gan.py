@@ -9,16 +9,16 @@ from flax import nnx
 
 from videogen.evaluation import lpips
 from videogen.trainers import gan_losses
+from videogen.trainers import frozen_tokenizer
 from videogen.trainers import tokenizer as trainer
-from test_config import load_experiment
-from test_tokenizer_trainer import tiny
+from tiny_configs import load_experiment, tiny
 
 
 @pytest.fixture(scope="module")
 def setup():
     config = tiny(load_experiment("quickstart_tokenizer").get_config())
     state = trainer.TrainState(
-        trainer.build_model(config),
+        frozen_tokenizer.build_tokenizer(config),
         optax.adam(1e-3),
         trainer.build_discriminator(config),
         optax.adam(1e-3),
@@ -149,4 +149,4 @@ def test_perceptual_frames_are_distinct_and_depend_on_the_step_only():
     assert a.shape == (4, 2) and all(len(set(row)) == 2 for row in a) and a.max() < 9
     np.testing.assert_array_equal(a, np.asarray(trainer.perceptual_frames(jnp.int32(7), 9, 4, 2)))
     assert not np.array_equal(a, np.asarray(trainer.perceptual_frames(jnp.int32(8), 9, 4, 2)))
-    assert trainer.perceptual_frames(jnp.int32(7), 9, 4, 0) is None  # the thesis: every frame
+    assert trainer.perceptual_frames(jnp.int32(7), 9, 4, None) is None  # the thesis: every frame

@@ -15,56 +15,9 @@ import pytest
 
 from videogen import main as videogen_main
 from videogen.trainers import loop
+from videogen.trainers import frozen_tokenizer
 from videogen.trainers import tokenizer as trainer
-from test_config import ROOT, load_experiment
-
-TINY_OVERRIDES = {
-    "data.name": "moving_digits",
-    "data.path": "",
-    "eval.path": "",
-    "data.missing_hint": "",
-    "data.num_frames": 5,
-    "data.resolution": 16,
-    "model.base_channels": 8,
-    "model.channel_multipliers": (1, 2, 2),
-    "model.num_res_blocks": 1,
-    "model.temporal_downsample": (True, True),
-    "model.num_groups": 4,
-    "model.num_bits": 6,
-    "discriminator.base_channels": 4,
-    "discriminator.channel_multipliers": (2, 4),
-    "batch_size": 8,
-    "num_train_steps": 2,
-    "log_every_steps": 1,
-    "mesh.shape": (1, 1, 1),
-    "checkpoint.every_steps": 2,
-    "checkpoint.async_save": True,
-    "optimizer.warmup_steps": 1,
-    "optimizer.peak_lr": 1e-3,
-    "eval.datasets": "moving_digits",
-    "eval.num_examples": 8,
-    "eval.batch_size": 8,
-    "eval.every_steps": 0,
-    "eval.at_end": False,
-    "eval.frechet.num_samples": 0,
-}
-
-
-# Keys of the LFQ tokenizer that other tokenizer classes do not have.
-_LFQ_ONLY = ("model.num_bits",)
-
-
-def tiny(config, **extra):
-    """Applies the tiny override in place, as `--config.key=value` flags would."""
-    for key, value in {**TINY_OVERRIDES, **extra}.items():
-        if key in _LFQ_ONLY and config.model_class != "CausalVideoTokenizer":
-            continue
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+from tiny_configs import ROOT, TINY_OVERRIDES, load_experiment, tiny
 
 
 def params_of(state):
@@ -106,7 +59,7 @@ def test_resume_equals_uninterrupted(tmp_path):
         np.testing.assert_array_equal(x, y)
     assert straight.train_metrics["loss"] == resumed.train_metrics["loss"]
     # A later stage loads the EMA model alone (a partial restore) and gets exactly it.
-    loaded, _ = trainer.load_tokenizer(str(tmp_path / "straight"))
+    loaded, _ = frozen_tokenizer.load_tokenizer(str(tmp_path / "straight"))
     got = jax.tree.leaves(nnx.to_pure_dict(nnx.state(loaded)))
     ema = jax.tree.leaves(nnx.to_pure_dict(straight.state["ema_model"]))
     online = jax.tree.leaves(nnx.to_pure_dict(straight.state["model"]))
@@ -165,7 +118,9 @@ def _cli(workdir, steps):
     flags = [
         f"--config.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
         for k, v in TINY_OVERRIDES.items()
+        # None (unset) is the experiment's own value of these keys, and has no flag syntax.
         if k not in ("num_train_steps", "data.path", "eval.path", "data.missing_hint")
+        and v is not None
     ]
     return [
         sys.executable,

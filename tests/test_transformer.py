@@ -41,7 +41,7 @@ SUGGESTED_RULES = (
     ("factors", None),
     ("positions", None),
     ("prefix_vocab", None),
-    ("norm", None),
+    ("channels", None),
 )
 
 

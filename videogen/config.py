@@ -14,7 +14,7 @@ import types
 
 import ml_collections
 
-from videogen.evaluation import evaluator
+from videogen.evaluation import protocols
 
 
 def _convert(value: str, default):
@@ -67,6 +67,38 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return result
 
 
+def optional(value, field_type: type | None = None) -> ml_collections.FieldReference:
+    """A config field that may be None ("unset", with the meaning its comment gives) and keeps
+    its type, so `--config.x=<number>` still parses after the field was set to None."""
+    return ml_collections.FieldReference(
+        value, field_type=field_type if field_type is not None else type(value)
+    )
+
+
+def adam_config(
+    *,
+    peak_lr: float,
+    warmup_steps: int,
+    b1: float,
+    b2: float,
+    weight_decay: float = 0.0,
+    grad_clip_norm: float | None = None,
+) -> ml_collections.ConfigDict:
+    """An `optimizer` block: Adam(W), linear warm-up then cosine decay to `end_lr_fraction`."""
+    return ml_collections.ConfigDict(
+        dict(
+            peak_lr=peak_lr,
+            warmup_steps=warmup_steps,
+            end_lr_fraction=0.0,
+            b1=b1,
+            b2=b2,
+            eps=1e-8,
+            weight_decay=weight_decay,
+            grad_clip_norm=optional(grad_clip_norm, float),  # None: no clipping
+        )
+    )
+
+
 def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
     """Mesh shape over axes ("data", "fsdp", "tensor"); -1 takes the remaining devices."""
     return ml_collections.ConfigDict({"shape": (data, fsdp, tensor)})
@@ -93,8 +125,24 @@ DEFAULT_SHARDING_RULES = (
     ("prefix_vocab", None),
     ("positions", None),
     ("factors", None),
-    ("norm", None),
 )
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """The `data` block: a dataset spec (videogen/data/sources.py) and the clip shape,
+    17 x 128 x 128 as in the thesis' Kinetics-600 set-ups."""
+    return ml_collections.ConfigDict(
+        dict(
+            name="video_folder",
+            path="",  # the folder of video_folder, or the data_dir of tfds:<name>
+            num_frames=17,
+            frame_stride=1,
+            resolution=128,
+            worker_count=0,
+            # Appended to a "data not found" error: where the data must be, and what to run instead.
+            missing_hint="",
+        )
+    )
 
 
 def tokenizer_config() -> ml_collections.ConfigDict:
@@ -125,18 +173,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     # tokenizer of an image run (same model, temporal_kernel_size=1, 1-frame data).
     # "auto": the temporally last slice for the causal tokenizer, central for the 3D-VQ.
     c.init = ml_collections.ConfigDict(dict(image_workdir="", inflation="auto"))
-    c.data = ml_collections.ConfigDict(
-        dict(
-            name="video_folder",
-            path="",
-            num_frames=17,
-            frame_stride=1,
-            resolution=128,
-            worker_count=0,
-            # Appended to a "data not found" error: where the data must be, and what to run instead.
-            missing_hint="",
-        )
-    )
+    c.data = data_config()
     c.batch_size = 256
     c.num_train_steps = 500_000  # not in the thesis
     c.loss = ml_collections.ConfigDict(
@@ -152,7 +189,8 @@ def tokenizer_config() -> ml_collections.ConfigDict:
             adversarial_start_step=0,  # generator and discriminator losses start here
             discriminator_r1_cost=10.0,
             perceptual_weight=0.1,  # LPIPS-VGG16 per frame; 0 turns it off
-            perceptual_frames_per_clip=0,  # 0: every frame (thesis); n: n random frames per clip
+            # None: every frame (thesis); n: n random frames per clip.
+            perceptual_frames_per_clip=optional(None, int),
             lecam_weight=0.001,
             lecam_ema_decay=0.999,  # not in the thesis (LeCAM paper's default)
         )
@@ -161,20 +199,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     c.discriminator = ml_collections.ConfigDict(
         dict(base_channels=128, channel_multipliers=(2, 4, 4, 4, 4))
     )
-    c.optimizer = ml_collections.ConfigDict(
-        dict(
-            peak_lr=1e-4,
-            warmup_steps=5000,  # not in the thesis
-            end_lr_fraction=0.0,
-            b1=0.0,
-            b2=0.99,
-            eps=1e-8,
-            weight_decay=0.0,
-            grad_clip_norm=0.0,
-        )
-    )
+    c.optimizer = adam_config(peak_lr=1e-4, warmup_steps=5000, b1=0.0, b2=0.99)  # warm-up: ours
     # The discriminator's Adam: the generator's settings (the thesis names one optimizer).
-    c.discriminator_optimizer = ml_collections.ConfigDict(c.optimizer.to_dict())
+    c.discriminator_optimizer = adam_config(peak_lr=1e-4, warmup_steps=5000, b1=0.0, b2=0.99)
     c.ema_decay = 0.999
     c.mesh = mesh_config()
     c.sharding_rules = DEFAULT_SHARDING_RULES
@@ -182,20 +209,115 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval = ml_collections.ConfigDict(
         dict(
-            datasets="video_folder",
+            # Dataset specs (videogen/data/sources.py), each evaluated on its own.
+            datasets=("video_folder",),
             # Folder/data_dir of the held-out split when it differs from data.path.
             path="",
             num_examples=1024,
             batch_size=32,
-            every_steps=10_000,
+            every_steps=optional(10_000),  # None: evaluate only at the end
             at_end=True,
             grid_examples=8,
             fps=8,
         )
     )
     # rFVD of the reconstructions of all held-out clips (one fold), at the clip size.
-    c.eval.frechet = evaluator.protocol_config(
-        "", network="i3d", num_samples=1024, num_repeats=1, num_frames=17, resolution=128
+    c.eval.frechet = reconstruction_frechet(c, "", network="i3d", num_samples=1024)
+    return c
+
+
+def reconstruction_frechet(
+    c: ml_collections.ConfigDict, preset: str = "", **overrides
+) -> ml_collections.ConfigDict:
+    """`eval.frechet` for a tokenizer: the protocol's clips are the training clips' frames
+    and resolution, referenced from `c.data` so they are written once and follow it."""
+    return protocols.protocol_config(
+        preset,
+        num_frames=c.data.get_ref("num_frames"),
+        resolution=c.data.get_ref("resolution"),
+        **overrides,
+    )
+
+
+def tokenizer_runlocal(c: ml_collections.ConfigDict, *, num_frames: int) -> None:
+    """Shrinks a `tokenizer_config` experiment in place to a CPU run on embedded data:
+    `num_frames` x 32 x 32 clips of moving digits and real clips, width 16, one residual
+    block per level, batch 4, 200 steps. The experiment keeps its architecture."""
+    c.data.update(name="moving_digits+real_clips", path="", missing_hint="")
+    c.data.update(num_frames=num_frames, resolution=32)
+    c.eval.path = ""
+    c.model.update(base_channels=16, num_res_blocks=1, num_groups=8)
+    c.discriminator.update(base_channels=16, channel_multipliers=(2, 4, 4))
+    c.batch_size = 4
+    c.num_train_steps = 200
+    c.optimizer.warmup_steps = 20
+    c.checkpoint.every_steps = 50
+    c.log_every_steps = 10
+    c.eval.update(datasets=("moving_digits", "real_clips"), num_examples=16, batch_size=4)
+    c.eval.every_steps = None
+    c.eval.frechet.num_samples = 16
+
+
+def audio_tokenizer_config() -> ml_collections.ConfigDict:
+    """VideoPoet's audio tokenizer (thesis 8.3.1): a SoundStream-style codec, 2.125 s of
+    16 kHz audio -> 106 latent frames x 4 RVQ levels of 1024 codes (2 kbit/s).
+
+    The thesis fixes only that interface (it uses a pretrained SoundStream); the
+    architecture defaults are SoundStream's (C = 32, strides 2, 4, 5, 8), and
+    every training entry is our choice ("ours") or SoundStream's.
+    """
+    c = ml_collections.ConfigDict()
+    c.trainer = "audio_tokenizer"
+    c.seed = 0
+    c.sample_rate = 16_000  # of every source's `audio` field
+    c.model = ml_collections.ConfigDict(
+        dict(
+            channels=32,
+            channel_multipliers=(2, 4, 8, 16),
+            strides=(2, 4, 5, 8),  # hop 320: 50 latent frames per second
+            latent_dim=128,
+            num_levels=4,
+            codebook_size=1024,
+            ema_decay=0.99,  # codebook EMA (ours)
+            dead_code_threshold=0.1,  # assignments per step below which a code restarts (ours)
+            quantizer_dropout=True,  # SoundStream's bit-rate scalability
+        )
+    )
+    # Clips of 17 frames at moving digits' 8 frames/s carry 2.125 s of audio (34,000 samples).
+    c.data = data_config()
+    c.data.update(name="moving_digits", num_frames=17, resolution=32)
+    c.batch_size = 128  # ours
+    c.num_train_steps = 200_000  # ours
+    c.loss = ml_collections.ConfigDict(
+        dict(
+            l1_weight=1.0,  # time-domain L1 (ours)
+            spectral_weight=1.0,  # multi-scale mel distance, FFT 512 / 1024 / 2048
+            commitment_weight=1.0,
+            # 0 turns the GAN off: no discriminator is built. SoundStream's weights otherwise.
+            adversarial_weight=1.0,
+            feature_matching_weight=100.0,
+            gan_loss_type="hinge",
+        )
+    )
+    c.discriminator = ml_collections.ConfigDict(dict(channels=32, num_layers=3))
+    # SoundStream's Adam (b1 0.5, b2 0.9, lr 1e-4); warm-up ours.
+    c.optimizer = adam_config(peak_lr=1e-4, warmup_steps=1000, b1=0.5, b2=0.9)
+    c.discriminator_optimizer = adam_config(peak_lr=1e-4, warmup_steps=1000, b1=0.5, b2=0.9)
+    c.mesh = mesh_config()
+    c.sharding_rules = DEFAULT_SHARDING_RULES
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+    c.log_every_steps = 50
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            datasets=("moving_digits",),
+            path="",
+            num_examples=256,
+            batch_size=32,
+            every_steps=optional(10_000),  # None: evaluate only at the end
+            at_end=True,
+            grid_examples=4,  # clips written as WAV + spectrogram per evaluation
+            fps=8,
+        )
     )
     return c
 
@@ -260,20 +382,10 @@ def maskgit_config() -> ml_collections.ConfigDict:
     # Class-conditional tasks see the "no class" id instead of the label this often (CFG).
     c.class_drop_prob = 0.1
     c.num_classes = 0  # K600 frame prediction is not class-conditional
-    c.data = ml_collections.ConfigDict(
-        dict(
-            name="video_folder",
-            path="",
-            num_frames=17,
-            frame_stride=1,
-            resolution=128,
-            worker_count=0,
-            missing_hint="",
-            # A directory of token files (--mode=tokenize) to train from instead of encoding
-            # every batch with the frozen tokenizer; "" tokenizes on the fly.
-            token_dir="",
-        )
-    )
+    c.data = data_config()
+    # A directory of token files (--mode=tokenize) to train from instead of encoding every
+    # batch with the frozen tokenizer; "" tokenizes on the fly.
+    c.data.token_dir = ""
     # --mode=tokenize: how many training clips to tokenize once, in batches of batch_size.
     # before_training: the training run itself tokenizes them into <workdir>/tokens first
     # (unless data.token_dir names a directory) and trains from the files.
@@ -283,17 +395,9 @@ def maskgit_config() -> ml_collections.ConfigDict:
     c.batch_size = 256
     # 360 epochs of the 384K K600 training videos at batch 256 (5.4.2).
     c.num_train_steps = 540_000
-    c.optimizer = ml_collections.ConfigDict(
-        dict(
-            peak_lr=1e-4,
-            warmup_steps=5000,  # not in the thesis ("linear warm up")
-            end_lr_fraction=0.0,
-            b1=0.9,
-            b2=0.96,
-            eps=1e-8,
-            weight_decay=0.045,
-            grad_clip_norm=1.0,
-        )
+    # Warm-up length: not in the thesis ("linear warm up").
+    c.optimizer = adam_config(
+        peak_lr=1e-4, warmup_steps=5000, b1=0.9, b2=0.96, weight_decay=0.045, grad_clip_norm=1.0
     )
     c.mesh = mesh_config()
     c.sharding_rules = DEFAULT_SHARDING_RULES
@@ -320,18 +424,18 @@ def maskgit_config() -> ml_collections.ConfigDict:
             num_examples=200_000,
             batch_size=32,
             # A full-protocol evaluation generates 50,000 clips per repeat: at the end only.
-            every_steps=0,
+            every_steps=optional(None, int),
             at_end=True,
             grid_examples=8,
             fps=8,
-            # Training steps of the moving-digits classifier for class accuracy (0: its default).
-            classifier_steps=0,
+            # Training steps of the moving-digits classifier for class accuracy (None: its default).
+            classifier_steps=optional(None, int),
         )
     )
     # The K600 protocol (6.5.6): 50,000 x 4 samples, the first 16 frames at 64x64.
     # The real distribution here is one view per held-out clip (2 temporal windows
     # x 3 crops per video needs a source that yields several views of one video).
-    c.eval.frechet = evaluator.protocol_config(
+    c.eval.frechet = protocols.protocol_config(
         "k600_fp", real_temporal_windows=1, real_spatial_crops=1
     )
     return c
@@ -367,4 +471,6 @@ def maskgit_runlocal(c: ml_collections.ConfigDict, *, tokenizer: str = "magvit2"
     c.log_every_steps = 50
     c.eval.update(dataset="moving_digits", path="", num_examples=64, batch_size=8)
     c.eval.update(every_steps=1000, grid_examples=8)
-    c.eval.frechet = evaluator.protocol_config("quickstart", num_samples=64, num_frames=num_frames)
+    c.eval.frechet = protocols.protocol_config(
+        "quickstart", num_samples=64, num_frames=c.data.get_ref("num_frames")
+    )

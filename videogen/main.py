@@ -1,13 +1,12 @@
 r"""Entry point: `python -m videogen.main --config=experiments/quickstart.py --workdir=runs/qs`.
 
 Parses flags and the config, initialises multi-host JAX when needed, and hands
-over to `videogen.trainers.<config.trainer>.train_and_evaluate`. All logic lives
-in importable modules so it can be tested.
+over to the trainer that `config.trainer` names in `videogen.trainers.TRAINERS`.
+All logic lives in importable modules so it can be tested.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging as logging_std
 import os
 
@@ -81,24 +80,10 @@ _OPTIONAL_MODES = {
 
 
 def run(config, workdir: str, mode: str = "train"):
-    """Imports the trainer the config names and runs it; returns its result."""
-    try:
-        trainer = importlib.import_module(f"videogen.trainers.{config.trainer}")
-    except ModuleNotFoundError as e:
-        if e.name != f"videogen.trainers.{config.trainer}":
-            raise
-        directory = os.path.join(os.path.dirname(__file__), "trainers")
-        # Trainers are the modules with an entry point (not helpers such as loop.py).
-        available = sorted(
-            f[:-3]
-            for f in os.listdir(directory)
-            if f.endswith(".py")
-            and "\ndef train_and_evaluate(" in open(os.path.join(directory, f)).read()
-        )
-        raise ValueError(
-            f"config.trainer={config.trainer!r} is not a module in videogen/trainers; "
-            f"available: {available}."
-        ) from None
+    """Runs the trainer the config names (`trainers.TRAINERS`) in `mode`; returns its result."""
+    from videogen import trainers
+
+    trainer = trainers.trainer_module(config.trainer)
     if mode == "eval":
         return trainer.evaluate_checkpoint(config, workdir)
     if mode in _OPTIONAL_MODES:

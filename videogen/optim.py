@@ -26,7 +26,7 @@ def make_optimizer(
     """Adam(W) with optional global-norm clipping; `config` is the `optimizer` block."""
     schedule = learning_rate_schedule(config, total_steps)
     parts = []
-    if config.grad_clip_norm > 0:
+    if config.grad_clip_norm is not None:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     parts.append(
         optax.adamw(

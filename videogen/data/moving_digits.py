@@ -58,7 +58,7 @@ SPEED_FRACTIONS = (0.025, 0.05)
 
 
 @functools.cache
-def _digits() -> tuple[np.ndarray, np.ndarray]:
+def digit_images() -> tuple[np.ndarray, np.ndarray]:
     """float32 [1797, 8, 8] intensities in [0, 1] and int32 [1797] labels."""
     from sklearn.datasets import load_digits  # Deferred: sklearn import is slow.
 
@@ -70,16 +70,16 @@ def split_image_ids(split: str) -> np.ndarray:
     """int [N] sorted ids of the `load_digits` images a split may use."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    num_images = len(_digits()[1])
+    num_images = len(digit_images()[1])
     order = np.random.default_rng(_PARTITION_SEED).permutation(num_images)
     num_train = int(TRAIN_FRACTION * num_images)
     return np.sort(order[:num_train] if split == "train" else order[num_train:])
 
 
 @functools.lru_cache(maxsize=8)
-def _upscaled_digits(size: int) -> np.ndarray:
+def upscaled_digits(size: int) -> np.ndarray:
     """float32 [1797, size, size] in [0, 1]: bicubic upscale of every digit."""
-    images = _digits()[0]
+    images = digit_images()[0]
     out = np.empty((len(images), size, size), np.float32)
     for i, image in enumerate(images):
         out[i] = np.asarray(
@@ -254,7 +254,7 @@ class MovingDigits:
         shown_bounces = [(-(-step // stride), wall) for step, wall in bounces]
         return Motion(
             image_id,
-            int(_digits()[1][image_id]),
+            int(digit_images()[1][image_id]),
             positions[::stride],
             velocity * stride,
             shown_bounces,
@@ -262,7 +262,7 @@ class MovingDigits:
 
     def __getitem__(self, index: int) -> dict:
         motion = self.motion(index)
-        digit = _upscaled_digits(self.digit_size)[motion.image_id]
+        digit = upscaled_digits(self.digit_size)[motion.image_id]
         size = self.digit_size
         frames = np.zeros((self.num_frames, self.resolution, self.resolution), np.float32)
         for frame, (y, x) in zip(frames, np.rint(motion.positions).astype(int)):

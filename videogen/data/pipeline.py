@@ -58,6 +58,7 @@ def make_source(
     video_key: str = "video",
     temporal_windows: int = 1,
     spatial_crops: int = 1,
+    with_audio: bool = False,
 ) -> VideoSource:
     """Builds the source `name` for `split` ("train" or "eval").
 
@@ -70,6 +71,8 @@ def make_source(
       video_key: the video feature of a TFDS dataset.
       temporal_windows, spatial_crops: evenly spaced eval views per video
         (evaluation protocols' real-clip sampling); "video_folder" only.
+      with_audio: "video_folder" also decodes each clip's audio track (`audio`,
+        `has_audio`); moving_digits always yields its soundtrack.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
@@ -95,6 +98,7 @@ def make_source(
             frame_stride=frame_stride,
             temporal_windows=temporal_windows,
             spatial_crops=spatial_crops,
+            with_audio=with_audio,
             **common,
         )
     if name.startswith("tfds:") and len(name) > len("tfds:"):
@@ -141,7 +145,8 @@ def make_iterator(
     -> every process_count-th example from process_index, so processes read
     disjoint examples -> batch of global_batch_size // process_count, the last
     partial batch dropped. Batches are dicts of numpy arrays: 'video' uint8
-    [B, T, H, W, 3], 'label' int32 [B], 'audio' float32 [B, S], 'caption' str [B].
+    [B, T, H, W, 3], 'label' int32 [B], 'caption' str [B], and where the source
+    has it 'audio' float32 [B, S].
 
     `get_state()` / `set_state()` of the returned iterator resume exactly;
     grain.checkpoint.CheckpointSave/CheckpointRestore store them with orbax.

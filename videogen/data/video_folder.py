@@ -20,10 +20,22 @@ Videos shorter than the clip span are padded by repeating their last frame
 (as is a file that decodes fewer frames than its header declares), so every
 readable file yields clips.
 
+With `with_audio`, each clip also carries the file's first audio track over
+the time its frames cover: from the first frame's timestamp for
+num_frames * frame_stride / frame_rate seconds (the clip shows every
+frame_stride-th frame of a frame_rate video), mixed to mono and resampled to
+`sample_rate`. Files without an audio track give silent clips with has_audio
+False and are counted in `files_without_audio`; a file whose audio fails to
+decode at read time is replaced like one whose frames fail. Audio is decoded
+only with `with_audio`, so clips of video alone cost what they did.
+
 Keys of each example:
-  video    uint8 [num_frames, resolution, resolution, 3]
-  label    int32 []
-  caption  str
+  video      uint8 [num_frames, resolution, resolution, 3]
+  label      int32 []
+  caption    str
+  audio      float32 [S], S = round(num_frames * frame_stride / frame_rate * sample_rate)
+             (with_audio only; S differs between files of different frame rates)
+  has_audio  bool [] (with_audio only)
 """
 
 from __future__ import annotations
@@ -36,7 +48,12 @@ import threading
 import numpy as np
 
 from videogen.data import transforms
-from videogen.data.video_decode import VideoDecodeError, probe_video, read_frames
+from videogen.data.video_decode import (
+    VideoDecodeError,
+    probe_media,
+    read_audio,
+    read_frames_and_times,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v")
 LABELS_FILE = "labels.csv"
@@ -89,9 +106,13 @@ class VideoFolder:
         Defaults to the number of readable files times the views per file.
       temporal_windows, spatial_crops: eval only; views per file, example i
         being view i % views (window-major).
+      with_audio: add `audio` and `has_audio` to each example (decodes the
+        audio track; off, the audio is never read).
+      sample_rate: audio samples per second of `audio`.
     """
 
     keys = ("video", "label", "caption")
+    audio_keys = ("audio", "has_audio")
 
     def __init__(
         self,
@@ -105,6 +126,8 @@ class VideoFolder:
         seed: int = 0,
         temporal_windows: int = 1,
         spatial_crops: int = 1,
+        with_audio: bool = False,
+        sample_rate: int = 16_000,
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -135,6 +158,10 @@ class VideoFolder:
         self.resolution = resolution
         self.frame_stride = frame_stride
         self.seed = seed
+        self.with_audio = with_audio
+        self.sample_rate = sample_rate
+        # An instance attribute: the audio fields exist only when produced.
+        self.keys = VideoFolder.keys + (VideoFolder.audio_keys if with_audio else ())
         self.skipped_files = 0
         self._bad: set[int] = set()
         self._lock = threading.Lock()
@@ -157,15 +184,28 @@ class VideoFolder:
 
         self.files: list[str] = []
         self.frame_counts: list[int] = []
+        self.frame_rates: list[float] = []
+        self.has_audio: list[bool] = []
         for relative in candidates:
             try:
-                count = probe_video(os.path.join(root, relative))
+                info = probe_media(os.path.join(root, relative))
             except (VideoDecodeError, OSError) as e:
                 logging.warning("skipping unreadable video %s: %s", os.path.join(root, relative), e)
                 self.skipped_files += 1
                 continue
+            if with_audio and info.frame_rate <= 0:
+                logging.warning(
+                    "skipping %s: it declares no frame rate, so the time its clips cover "
+                    "(and their audio) is unknown; re-encode it with a constant rate "
+                    "(ffmpeg -r) or use with_audio=False.",
+                    os.path.join(root, relative),
+                )
+                self.skipped_files += 1
+                continue
             self.files.append(relative)
-            self.frame_counts.append(count)
+            self.frame_counts.append(info.num_frames)
+            self.frame_rates.append(info.frame_rate)
+            self.has_audio.append(info.has_audio)
         if not self.files:
             raise ValueError(
                 f"video folder {root!r} has no readable video: all {len(candidates)} "
@@ -182,11 +222,53 @@ class VideoFolder:
         self.num_examples = (
             len(self.files) * self.views if num_examples is None else int(num_examples)
         )
+        self.files_without_audio = self.has_audio.count(False)
+        # Samples of each file's clip audio; frame rates are known only with_audio.
+        self.audio_lengths = (
+            [round(num_frames * frame_stride / rate * sample_rate) for rate in self.frame_rates]
+            if with_audio
+            else []
+        )
+        if with_audio:
+            self._check_audio(root)
 
     def __len__(self) -> int:
         return self.num_examples
 
-    def _read(self, file_index: int, rng: np.random.Generator | None, view: int) -> np.ndarray:
+    def _check_audio(self, root: str) -> None:
+        if self.files_without_audio:
+            logging.warning(
+                "%d of %d videos under %s have no audio track; their clips get silent "
+                "audio and has_audio=False.",
+                self.files_without_audio,
+                len(self.files),
+                root,
+            )
+        lengths = sorted(set(self.audio_lengths))
+        if len(lengths) > 1:
+            rates = sorted(set(self.frame_rates))
+            logging.warning(
+                "videos under %s have frame rates %s, so a clip's audio has %s samples "
+                "depending on the file; batches need one length: re-encode to one frame "
+                "rate (ffmpeg -r) or batch one example at a time.",
+                root,
+                rates,
+                lengths,
+            )
+
+    def _read_audio(self, file_index: int, start_seconds: float) -> dict:
+        num_samples = self.audio_lengths[file_index]
+        if not self.has_audio[file_index]:
+            return {"audio": np.zeros(num_samples, np.float32), "has_audio": np.bool_(False)}
+        audio = read_audio(
+            os.path.join(self.root, self.files[file_index]),
+            start_seconds,
+            num_samples,
+            sample_rate=self.sample_rate,
+        )
+        return {"audio": audio, "has_audio": np.bool_(True)}
+
+    def _read(self, file_index: int, rng: np.random.Generator | None, view: int) -> dict:
         count = self.frame_counts[file_index]
         span = transforms.clip_span(self.num_frames, self.frame_stride)
         if rng is not None:
@@ -196,13 +278,21 @@ class VideoFolder:
             start = transforms.window_start(count, span, window, self.temporal_windows)
         indices = transforms.clip_frame_indices(start, self.num_frames, self.frame_stride, count)
         # Short side resized during decoding, so only the square crop is left.
-        clip = read_frames(
+        clip, times = read_frames_and_times(
             os.path.join(self.root, self.files[file_index]), indices, short_side=self.resolution
         )
         if rng is not None:
-            return transforms.crop_and_resize(clip, self.resolution, rng)
-        square = transforms.square_crop_at(clip, view % self.spatial_crops, self.spatial_crops)
-        return transforms.resize_video(square, self.resolution)
+            example = {"video": transforms.crop_and_resize(clip, self.resolution, rng)}
+        else:
+            square = transforms.square_crop_at(clip, view % self.spatial_crops, self.spatial_crops)
+            example = {"video": transforms.resize_video(square, self.resolution)}
+        if self.with_audio:
+            # A frame without a timestamp is placed where a constant rate puts it.
+            start_seconds = (
+                times[0] if np.isfinite(times[0]) else start / self.frame_rates[file_index]
+            )
+            example.update(self._read_audio(file_index, float(start_seconds)))
+        return example
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_examples:
@@ -216,7 +306,7 @@ class VideoFolder:
                     else None
                 )
                 try:
-                    video = self._read(file_index, rng, index % self.views)
+                    example = self._read(file_index, rng, index % self.views)
                 except (VideoDecodeError, OSError) as e:
                     with self._lock:
                         if file_index not in self._bad:
@@ -228,11 +318,9 @@ class VideoFolder:
                         e,
                     )
                 else:
-                    return {
-                        "video": video,
-                        "label": np.int32(self.labels[file_index]),
-                        "caption": self.captions[file_index],
-                    }
+                    example["label"] = np.int32(self.labels[file_index])
+                    example["caption"] = self.captions[file_index]
+                    return example
             file_index = (file_index + 1) % len(self.files)
         raise ValueError(
             f"no video under {self.root!r} can be decoded any more; "

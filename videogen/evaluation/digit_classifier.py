@@ -70,7 +70,7 @@ class DigitClassifier(nnx.Module):
         return self.head(jnp.max(jax.nn.relu(self.conv4(x)), axis=(1, 2)))
 
 
-def frames_from_videos(videos: UInt8[Array, "b t h w 3"]) -> Float[Array, "n 32 32 1"]:
+def frames_from_videos(videos: UInt8[Array, "b T H W 3"]) -> Float[Array, "n 32 32 1"]:
     """All N = B * T frames as grey in [0, 1] on the CANVAS x CANVAS classifier canvas."""
     b, t, h, w, _ = videos.shape
     grey = jnp.mean(videos.astype(jnp.float32), axis=-1, keepdims=True) / 255.0
@@ -82,7 +82,7 @@ def frames_from_videos(videos: UInt8[Array, "b t h w 3"]) -> Float[Array, "n 32 
 
 @jax.jit
 def _clip_log_probs(
-    graphdef: nnx.GraphDef, params: nnx.State, videos: UInt8[Array, "b t h w 3"]
+    graphdef: nnx.GraphDef, params: nnx.State, videos: UInt8[Array, "b T H W 3"]
 ) -> Float[Array, "b 10"]:
     b, t = videos.shape[:2]
     logits = nnx.merge(graphdef, params)(frames_from_videos(videos))
@@ -100,7 +100,7 @@ def _check_videos(videos: np.ndarray) -> np.ndarray:
 
 
 def log_probs(
-    model: DigitClassifier, videos: UInt8[np.ndarray, "b t h w 3"], *, batch_size: int = 64
+    model: DigitClassifier, videos: UInt8[np.ndarray, "b T H W 3"], *, batch_size: int = 64
 ) -> Float[np.ndarray, "b 10"]:
     """Clip log-probabilities: per-frame log-softmax averaged over the T frames.
 
@@ -122,7 +122,7 @@ def log_probs(
 
 
 def predict(
-    model: DigitClassifier, videos: UInt8[np.ndarray, "b t h w 3"], *, batch_size: int = 64
+    model: DigitClassifier, videos: UInt8[np.ndarray, "b T H W 3"], *, batch_size: int = 64
 ) -> Int[np.ndarray, "b"]:
     """The most likely digit of each clip."""
     return np.argmax(log_probs(model, videos, batch_size=batch_size), axis=-1).astype(np.int32)
@@ -130,7 +130,7 @@ def predict(
 
 def class_accuracy(
     model: DigitClassifier,
-    videos: UInt8[np.ndarray, "b t h w 3"],
+    videos: UInt8[np.ndarray, "b T H W 3"],
     labels: Int[np.ndarray, "b"],
     *,
     batch_size: int = 64,
@@ -149,7 +149,7 @@ def class_accuracy(
 def heldout_image_ids() -> Int[np.ndarray, "n"]:
     """Sorted ids of the eval-split digit images never trained on: HELDOUT_FRACTION of each class."""
     eval_ids = moving_digits.split_image_ids("eval")
-    labels = moving_digits._digits()[1][eval_ids]
+    labels = moving_digits.digit_images()[1][eval_ids]
     rng = np.random.default_rng(_HELDOUT_SEED)
     held = []
     for digit in range(NUM_CLASSES):
@@ -160,7 +160,7 @@ def heldout_image_ids() -> Int[np.ndarray, "n"]:
 
 def _clips(
     image_ids: np.ndarray, *, resolution: int, num_frames: int, indices: range, seed: int
-) -> tuple[UInt8[np.ndarray, "b t h w 3"], Int[np.ndarray, "b"]]:
+) -> tuple[UInt8[np.ndarray, "b T H W 3"], Int[np.ndarray, "b"]]:
     source = moving_digits.MovingDigits(
         "eval", num_examples=indices.stop, num_frames=num_frames, resolution=resolution, seed=seed
     )
@@ -176,7 +176,7 @@ def _clips(
 
 def heldout_clips(
     resolution: int, num_frames: int, *, num_examples: int, seed: int = 1
-) -> tuple[UInt8[np.ndarray, "b t h w 3"], Int[np.ndarray, "b"]]:
+) -> tuple[UInt8[np.ndarray, "b T H W 3"], Int[np.ndarray, "b"]]:
     """(videos, labels): moving-digits eval-split clips of the held-out digit images only."""
     return _clips(
         heldout_image_ids(),
@@ -279,7 +279,10 @@ def train_classifier(
     return model, metrics
 
 
-def _paths(workdir: str | os.PathLike, resolution: int) -> tuple[pathlib.Path, pathlib.Path]:
+def classifier_paths(
+    workdir: str | os.PathLike, resolution: int
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """(parameters .npz, metadata .json) of the classifier for `resolution` in a workdir."""
     directory = pathlib.Path(workdir) / "digit_classifier"
     stem = f"digit_classifier_{resolution}px"
     return directory / f"{stem}.npz", directory / f"{stem}.json"
@@ -306,7 +309,7 @@ def save(
     seed: int,
 ) -> pathlib.Path:
     """Writes the params (.npz of the pure dict) and their metadata (.json); returns the .npz path."""
-    params_path, meta_path = _paths(workdir, resolution)
+    params_path, meta_path = classifier_paths(workdir, resolution)
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(pure, sep="/").items()}
     _write_atomically(params_path, lambda f: np.savez(f, **flat))
@@ -325,7 +328,7 @@ def save(
 
 def load(workdir: str | os.PathLike, resolution: int) -> tuple[DigitClassifier, dict[str, Any]]:
     """(model, metadata) saved by `save`; ValueError / OSError if missing, corrupt or mismatched."""
-    params_path, meta_path = _paths(workdir, resolution)
+    params_path, meta_path = classifier_paths(workdir, resolution)
     meta = json.loads(meta_path.read_text())
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_path} holds {type(meta).__name__}, expected a JSON object")
@@ -375,7 +378,7 @@ def load_or_train(
     A corrupt or truncated file, or one of another VERSION or resolution, is
     retrained and replaced, with a warning.
     """
-    params_path, meta_path = _paths(workdir, resolution)
+    params_path, meta_path = classifier_paths(workdir, resolution)
     if meta_path.exists() or params_path.exists():
         try:
             model, meta = load(workdir, resolution)

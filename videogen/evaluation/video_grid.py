@@ -32,7 +32,7 @@ def to_uint8(
 
 
 def make_grid(
-    rows: Sequence[UInt8[np.ndarray, "b t h w 3"]],
+    rows: Sequence[UInt8[np.ndarray, "b T H W 3"]],
     *,
     max_examples: int = 8,
     pad: int = 2,
@@ -84,7 +84,7 @@ def make_grid(
     return grid
 
 
-def _check_frames(frames: UInt8[np.ndarray, "t h w 3"], name: str) -> UInt8[np.ndarray, "t h w 3"]:
+def _check_frames(frames: UInt8[np.ndarray, "T H W 3"], name: str) -> UInt8[np.ndarray, "T H W 3"]:
     frames = np.asarray(frames)
     if (
         frames.dtype != np.uint8
@@ -107,7 +107,7 @@ def _make_parent(path: str | os.PathLike) -> str:
     return path
 
 
-def write_gif(path: str | os.PathLike, frames: UInt8[np.ndarray, "t h w 3"], fps: float) -> str:
+def write_gif(path: str | os.PathLike, frames: UInt8[np.ndarray, "T H W 3"], fps: float) -> str:
     """Writes a looping GIF; returns the path.
 
     GIF stores delays in 1/100 s, so the frame time is rounded to 10 ms. Each
@@ -148,7 +148,7 @@ def mp4_encoder() -> str:
 
 def write_mp4(
     path: str | os.PathLike,
-    frames: UInt8[np.ndarray, "t h w 3"],
+    frames: UInt8[np.ndarray, "T H W 3"],
     fps: float,
     *,
     codec: str | None = None,

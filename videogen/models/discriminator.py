@@ -200,7 +200,7 @@ class StyleGANDiscriminator3d(nnx.Module):
         self.dense = nnx.Linear(frames * side * side * channels, channels, **dense)
         self.logit = nnx.Linear(channels, 1, **dense)
 
-    def __call__(self, video: Float[Array, "b t h w c"]) -> Float[Array, " b"]:
+    def __call__(self, video: Float[Array, "b T H W c"]) -> Float[Array, " b"]:
         """Logits ``[b]`` (float32; > 0 means "real") of clips ``[b, t, h, w, c]``."""
         expected = (self.num_frames, self.resolution, self.resolution, self.in_channels)
         if video.ndim != 5 or tuple(video.shape[1:]) != expected:

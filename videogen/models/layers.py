@@ -43,7 +43,7 @@ def _check_padding_mode(padding_mode: str) -> None:
         )
 
 
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TF-style 'SAME' zero padding: output has ceil(size / stride) positions."""
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)
@@ -158,7 +158,7 @@ class CausalConv3d(nnx.Module):
             pad_t = (kt - 1, 0)
         else:
             pad_t = ((kt - 1) // 2, kt // 2)
-        padding = (pad_t, _same_padding(h, kh, sh), _same_padding(w, kw, sw))
+        padding = (pad_t, same_padding(h, kh, sh), same_padding(w, kw, sw))
         x = x.astype(self.dtype)
         if self.padding_mode == "reflect":
             pad_t_reflect = (0, 0) if self.causal else pad_t

@@ -1,5 +1,6 @@
-"""Quantizers: lookup-free quantization (LFQ, thesis Sec. 5.3.1) and the VQ codebook
-of the MAGVIT 3D-VQ (Sec. 3.2, Eq. 5.1), with one output contract.
+"""Quantizers: lookup-free quantization (LFQ, thesis Sec. 5.3.1), the VQ codebook of the
+MAGVIT 3D-VQ (Sec. 3.2, Eq. 5.1) and the residual VQ of the SoundStream audio tokenizer
+(Sec. 8.3.1, `ResidualVQ`), with one output contract.
 
 Every quantizer's ``__call__(z)`` returns ``(z_q, aux)`` with a straight-through
 ``z_q`` and ``aux = {"indices": int32 [...], "losses": {name: unweighted scalar},
@@ -27,6 +28,10 @@ Entropies use the natural log (nats); ``bit_entropy`` is a diagnostic in bits.
 Token factorization (Sec. 5.3.2): `factorize_indices` splits a 2^K LFQ index
 into equal sub-vocabularies (2^18 -> 2 x 2^9) for a language model's
 embeddings and prediction heads; `unfactorize_indices` inverts it.
+
+Audio tokens (Sec. 8.3.1): `flatten_audio_tokens` lays RVQ tokens out level by
+level with a disjoint id range per level (4 x 1024 -> 4096 ids);
+`unflatten_audio_tokens` inverts it.
 """
 
 from __future__ import annotations
@@ -331,4 +336,231 @@ class VectorQuantizer(nnx.Module):
                 "perplexity": jnp.exp(_entropy(counts / indices.size)),
             },
         }
+        return z_q, aux
+
+
+class CodebookState(nnx.Variable):
+    """Quantizer state updated in the forward pass (EMA codebooks), never by gradients.
+
+    A separate type from `nnx.Param`, so an optimizer over ``nnx.Param`` leaves it
+    alone and ``nnx.split(model, nnx.Param, ...)`` keeps it with the other state.
+    """
+
+
+def flatten_audio_tokens(tokens: Int[Array, "b l f"], codebook_size: int) -> Int[Array, "b n"]:
+    """Level-major flattening of RVQ tokens into one id sequence (thesis Sec. 8.3.1).
+
+    ``[b, levels, frames] -> [b, levels * frames]``: all frames of level 0, then
+    all of level 1, ...; level ``l`` owns the disjoint ids
+    ``[l * codebook_size, (l + 1) * codebook_size)`` (4 x 1024 -> 4096 ids).
+    """
+    levels = tokens.shape[1]
+    offsets = codebook_size * jnp.arange(levels, dtype=jnp.int32)[None, :, None]
+    return (tokens.astype(jnp.int32) + offsets).reshape(tokens.shape[0], -1)
+
+
+def unflatten_audio_tokens(
+    ids: Int[Array, "b n"], num_levels: int, codebook_size: int
+) -> Int[Array, "b l f"]:
+    """Inverse of `flatten_audio_tokens`: ``[b, levels * frames] -> [b, levels, frames]``."""
+    if ids.shape[1] % num_levels:
+        raise ValueError(
+            f"{ids.shape[1]} audio ids do not split into num_levels={num_levels} equal levels; "
+            "pass the full level-major sequence from flatten_audio_tokens."
+        )
+    tokens = ids.astype(jnp.int32).reshape(ids.shape[0], num_levels, -1)
+    offsets = codebook_size * jnp.arange(num_levels, dtype=jnp.int32)[None, :, None]
+    return tokens - offsets
+
+
+def _nearest_codes(flat: Float[Array, "n d"], codebook: Float[Array, "k d"]) -> Int[Array, " n"]:
+    """Nearest code by squared L2 as ``||e||^2 - 2 z.e`` (no ``[n, k, d]`` array)."""
+    scores = jnp.sum(jnp.square(codebook), axis=-1) - 2.0 * jnp.matmul(
+        flat, codebook.T, precision=_HIGHEST
+    )
+    return jnp.argmin(scores, axis=-1).astype(jnp.int32)
+
+
+class ResidualVQ(nnx.Module):
+    """Residual vector quantizer with EMA codebooks (SoundStream, thesis Sec. 8.3.1: 4 x 1024).
+
+    Level ``l`` quantizes the residual ``r_l = z - sum_{j<l} e_j`` to its nearest
+    code ``e_l`` in codebook ``l``; the quantized vector is the sum of the codes
+    of the levels in use. ``__call__(z)`` returns ``(z_q, aux)`` like the other
+    quantizers: ``z_q`` with a straight-through gradient (identity to ``z``), and
+      * ``indices`` int32 ``[..., num_levels]`` (every level, used or not),
+      * ``losses``: ``commitment`` = mean over elements of ``(z - sg(z_q))^2``,
+      * ``metrics`` (per level, ``[num_levels]``): ``codebook_usage`` (fraction of
+        codes used in this call), ``perplexity`` (exp entropy of the code
+        histogram), ``residual_error`` (mean squared residual after the level),
+        and ``levels_used`` (mean number of levels per example).
+
+    Training (``deterministic=False``, what ``model.train()`` sets) also
+      * updates each codebook by EMA (VQ-VAE-2 style): ``cluster_size`` and
+        ``embedding_sum`` decay by ``decay`` towards this call's assignment counts
+        and sums of assigned residuals; a code becomes ``embedding_sum /
+        cluster_size``. They live in `CodebookState` variables, so under
+        ``jax.jit`` the new values leave the function with the rest of the nnx
+        state (``nnx.jit``, or ``nnx.split``/``nnx.merge`` and returning the state;
+        inside ``jax.grad`` / ``jax.vjp`` merge with ``copy=True``, since variables
+        made outside that trace may not be updated in it);
+      * restarts dead codes: a code whose EMA cluster size falls below
+        ``dead_code_threshold`` (assignments per call) becomes a random residual of
+        the current batch at its level. Cluster sizes start at the threshold, so
+        codes no vector picks in the first step are re-drawn from the data;
+      * applies quantizer dropout (SoundStream): each example (leading axis) uses
+        the first ``n`` levels, ``n`` uniform in ``[1, num_levels]``, so one model
+        serves every bit rate. Only used levels update their codebooks.
+    Evaluation (``deterministic=True``, ``model.eval()``) uses every level and
+    changes nothing. Randomness comes from the ``dropout`` stream of ``rngs``.
+    """
+
+    def __init__(
+        self,
+        num_levels: int = 4,
+        codebook_size: int = 1024,
+        embedding_dim: int = 128,
+        *,
+        decay: float = 0.99,
+        dead_code_threshold: float = 0.1,
+        quantizer_dropout: bool = True,
+        deterministic: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        if num_levels < 1 or codebook_size < 1 or embedding_dim < 1:
+            raise ValueError(
+                f"num_levels={num_levels}, codebook_size={codebook_size} and "
+                f"embedding_dim={embedding_dim} must all be positive."
+            )
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay={decay} must be in [0, 1), e.g. 0.99.")
+        if dead_code_threshold < 0:
+            raise ValueError(
+                f"dead_code_threshold={dead_code_threshold} must be >= 0 (0 disables restarts)."
+            )
+        self.num_levels = num_levels
+        self.codebook_size = codebook_size
+        self.embedding_dim = embedding_dim
+        self.decay = decay
+        self.dead_code_threshold = dead_code_threshold
+        self.quantizer_dropout = quantizer_dropout
+        self.deterministic = deterministic
+        shape = (num_levels, codebook_size, embedding_dim)
+        # Same scale as `VectorQuantizer`; the first training steps replace unused codes.
+        limit = float(np.sqrt(3.0 / codebook_size))
+        codebooks = jax.random.uniform(rngs.params(), shape, jnp.float32, -limit, limit)
+        axes = (None, *CODEBOOK_AXES)
+        self.codebooks = CodebookState(codebooks, out_sharding=axes)
+        size = jnp.full(shape[:2], dead_code_threshold, jnp.float32)
+        self.cluster_size = CodebookState(size, out_sharding=axes[:2])
+        self.embedding_sum = CodebookState(codebooks * size[..., None], out_sharding=axes)
+        self.rngs = rngs.dropout.fork()
+
+    def detokenize(self, tokens: Int[Array, "b l f"]) -> Float[Array, "b f d"]:
+        """Sum of the codes of ``tokens [b, levels, frames]``; fewer levels = coarser."""
+        levels = tokens.shape[1]
+        if not 1 <= levels <= self.num_levels:
+            raise ValueError(
+                f"tokens have {levels} levels; this quantizer has 1 to {self.num_levels}."
+            )
+        codebooks = self.codebooks[...][:levels]
+        codes = jax.vmap(lambda cb, idx: jnp.take(cb, idx, axis=0), in_axes=(0, 1))(
+            codebooks, tokens
+        )
+        return jnp.sum(codes, axis=0)
+
+    def tokenize(
+        self, z: Float[Array, "b f d"], num_levels: int | None = None
+    ) -> Int[Array, "b l f"]:
+        """Tokens ``[b, levels, frames]`` of the first ``num_levels`` (default all) levels."""
+        num_levels = self.num_levels if num_levels is None else num_levels
+        indices, _, _ = self._quantize(z.astype(jnp.float32), num_levels)
+        return jnp.moveaxis(indices, -1, 1)
+
+    def _quantize(
+        self, z: Float[Array, "... d"], num_levels: int
+    ) -> tuple[Int[Array, "... l"], list[Float[Array, "n d"]], Float[Array, "l n d"]]:
+        """Indices ``[..., l]``, the ``l + 1`` residuals (``r_0 = z``, then after each
+        level) and the chosen codes ``[l, n, d]``."""
+        residual = z.reshape(-1, self.embedding_dim)
+        codebooks = self.codebooks[...]
+        indices, residuals, codes = [], [residual], []
+        for level in range(num_levels):
+            idx = _nearest_codes(residual, codebooks[level])
+            code = jnp.take(codebooks[level], idx, axis=0)
+            residual = residual - code
+            indices.append(idx)
+            residuals.append(residual)
+            codes.append(code)
+        indices = jnp.stack(indices, -1).reshape(*z.shape[:-1], num_levels)
+        return indices, residuals, jnp.stack(codes)
+
+    def _update_codebooks(
+        self,
+        indices: Int[Array, "n l"],
+        residuals: list[Float[Array, "n d"]],
+        active: Float[Array, "n l"],
+    ) -> None:
+        """EMA step of every codebook on its used levels' residuals, then dead-code restarts."""
+        one_hot = jax.nn.one_hot(indices, self.codebook_size, dtype=jnp.float32)
+        one_hot = one_hot * active[..., None]  # [n, l, k]
+        counts = jnp.sum(one_hot, axis=0)
+        sums = jnp.einsum("nlk,lnd->lkd", one_hot, jnp.stack(residuals[:-1]), precision=_HIGHEST)
+        d = self.decay
+        size = d * self.cluster_size[...] + (1.0 - d) * counts
+        embedding_sum = d * self.embedding_sum[...] + (1.0 - d) * sums
+        # A code no vector picked keeps its vector exactly (both EMA terms only decayed);
+        # a picked one has size >= (1 - decay) * count > 0.
+        codebooks = jnp.where(
+            counts[..., None] > 0,
+            embedding_sum / jnp.maximum(size, 1e-30)[..., None],
+            self.codebooks[...],
+        )
+        n = indices.shape[0]
+        picks = jax.random.randint(self.rngs(), (self.num_levels, self.codebook_size), 0, n)
+        samples = jax.vmap(lambda r, p: r[p])(jnp.stack(residuals[:-1]), picks)
+        dead = size < self.dead_code_threshold
+        codebooks = jnp.where(dead[..., None], samples, codebooks)
+        size = jnp.where(dead, self.dead_code_threshold, size)
+        self.codebooks[...] = codebooks
+        self.cluster_size[...] = size
+        self.embedding_sum[...] = codebooks * size[..., None]
+
+    def __call__(
+        self, z: Float[Array, "b ... d"]
+    ) -> tuple[Float[Array, "b ... d"], dict[str, jax.Array]]:
+        """Quantize ``z [b, ..., dim]``; returns ``(z_q, aux)`` (see class docstring)."""
+        if z.shape[-1] != self.embedding_dim:
+            raise ValueError(
+                f"ResidualVQ expects {self.embedding_dim} channels in the last axis, got "
+                f"shape {z.shape}."
+            )
+        z = z.astype(jnp.float32)
+        levels = self.num_levels
+        indices, residuals, codes = self._quantize(jax.lax.stop_gradient(z), levels)
+        flat_indices = indices.reshape(-1, levels)
+        if self.deterministic or not self.quantizer_dropout:
+            used = jnp.full((z.shape[0],), levels, jnp.int32)
+        else:
+            used = jax.random.randint(self.rngs(), (z.shape[0],), 1, levels + 1)
+        per_example = (jnp.arange(levels) < used[:, None]).astype(jnp.float32)  # [b, l]
+        active = jnp.broadcast_to(
+            per_example.reshape(z.shape[0], *([1] * (z.ndim - 2)), levels),
+            (*z.shape[:-1], levels),
+        ).reshape(-1, levels)
+        quantized = jnp.einsum("lnd,nl->nd", codes, active).reshape(z.shape)
+        z_q = z + jax.lax.stop_gradient(quantized - z)
+        counts = jax.vmap(lambda idx: jnp.bincount(idx, length=self.codebook_size), 1)(flat_indices)
+        aux = {
+            "indices": indices,
+            "losses": {"commitment": jnp.mean(jnp.square(z - jax.lax.stop_gradient(quantized)))},
+            "metrics": {
+                "codebook_usage": jnp.mean(counts > 0, axis=-1, dtype=jnp.float32),
+                "perplexity": jnp.exp(jax.vmap(_entropy)(counts / flat_indices.shape[0])),
+                "residual_error": jnp.stack([jnp.mean(jnp.square(r)) for r in residuals[1:]]),
+                "levels_used": jnp.mean(used.astype(jnp.float32)),
+            },
+        }
+        if not self.deterministic:
+            self._update_codebooks(flat_indices, residuals, active)
         return z_q, aux

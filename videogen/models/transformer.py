@@ -35,11 +35,13 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
+from videogen.models.layers import NORM_AXES
+
 # Logical axis names of the parameters below. config.DEFAULT_SHARDING_RULES needs one rule
 # per name; suggested (Megatron-style tensor parallelism, ZeRO-3 style fsdp):
 #   ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("head_dim", None),
 #   ("vocab", "tensor"), ("factors", None), ("positions", None), ("prefix_vocab", None),
-#   ("norm", None)
+#   ("channels", None) for the norms (layers.NORM_AXES)
 QKV_KERNEL_AXES = ("embed", "heads", "head_dim")
 QKV_BIAS_AXES = ("heads", "head_dim")
 OUT_KERNEL_AXES = ("heads", "head_dim", "embed")
@@ -47,14 +49,13 @@ EMBED_AXES = ("embed",)
 MLP_IN_AXES = ("embed", "mlp")
 MLP_BIAS_AXES = ("mlp",)
 MLP_OUT_AXES = ("mlp", "embed")
-NORM_AXES = ("norm",)
 TOKEN_EMBEDDING_AXES = ("factors", "vocab", "embed")
 MASK_EMBEDDING_AXES = ("factors", "embed")
 PREFIX_EMBEDDING_AXES = ("prefix_vocab", "embed")
 POSITION_EMBEDDING_AXES = ("positions", "embed")
 HEAD_KERNEL_AXES = ("factors", "embed", "mlp")
 HEAD_HIDDEN_AXES = ("factors", "mlp")
-HEAD_NORM_AXES = ("factors", "norm")
+HEAD_NORM_AXES = ("factors", *NORM_AXES)
 HEAD_BIAS_AXES = ("factors", "vocab")
 
 # Table 6.1 of the thesis (MAGVIT transformer variants; B and L follow ViT).
@@ -288,10 +289,12 @@ class Mlp(nnx.Module):
         hidden_size: int,
         mlp_dim: int,
         *,
+        approximate_gelu: bool = True,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        self.approximate_gelu = approximate_gelu
         self.dtype = dtype
         self.wi = _param(rngs, (hidden_size, mlp_dim), MLP_IN_AXES, param_dtype)
         self.bi = _constant(0.0, (mlp_dim,), MLP_BIAS_AXES, param_dtype)
@@ -303,8 +306,9 @@ class Mlp(nnx.Module):
         h = jnp.einsum("bld,dm->blm", x.astype(dt), self.wi[...].astype(dt)) + self.bi[...].astype(
             dt
         )
-        # The tanh approximation of GELU, as MAGVIT's BERT (jax.nn.gelu's default).
-        h = jax.nn.gelu(h)
+        # The tanh approximation of GELU by default, as MAGVIT's BERT (jax.nn.gelu's default);
+        # the erf form for checkpoints trained with it (Hugging Face BERT's "gelu").
+        h = jax.nn.gelu(h, approximate=self.approximate_gelu)
         return jnp.einsum("blm,md->bld", h, self.wo[...].astype(dt)) + self.bo[...].astype(dt)
 
 
@@ -325,6 +329,7 @@ class TransformerBlock(nnx.Module):
         attention_dropout_rate: float = 0.1,
         norm_position: NormPosition = "pre",
         layer_norm_epsilon: float = 1e-6,
+        approximate_gelu: bool = True,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -343,7 +348,14 @@ class TransformerBlock(nnx.Module):
             rngs=rngs,
         )
         self.mlp_norm = LayerNorm(hidden_size, **norm)
-        self.mlp = Mlp(hidden_size, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.mlp = Mlp(
+            hidden_size,
+            mlp_dim,
+            approximate_gelu=approximate_gelu,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
     def _residuals(
@@ -426,6 +438,7 @@ class TransformerStack(nnx.Module):
         attention_dropout_rate: float = 0.1,
         norm_position: NormPosition = "pre",
         layer_norm_epsilon: float = 1e-6,
+        approximate_gelu: bool = True,
         remat: bool = False,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
@@ -444,6 +457,7 @@ class TransformerStack(nnx.Module):
                 attention_dropout_rate=attention_dropout_rate,
                 norm_position=norm_position,
                 layer_norm_epsilon=layer_norm_epsilon,
+                approximate_gelu=approximate_gelu,
                 dtype=dtype,
                 param_dtype=param_dtype,
                 rngs=rngs,

@@ -60,8 +60,8 @@ def discriminator_loss(
 
 
 def r1_penalty(
-    disc_fn: Callable[[Float[Array, "b t h w c"]], Float[Array, " b"]],
-    real_video: Float[Array, "b t h w c"],
+    disc_fn: Callable[[Float[Array, "b T H W c"]], Float[Array, " b"]],
+    real_video: Float[Array, "b T H W c"],
 ) -> tuple[Float[Array, ""], Float[Array, " b"]]:
     """R1 gradient penalty ``mean_b ||d D(x_b) / d x_b||^2`` on real clips, and their logits.
 

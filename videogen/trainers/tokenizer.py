@@ -1,22 +1,21 @@
-"""Stage-1 trainer: the MAGVIT-v2 video tokenizer (thesis 5.3, hyperparameters 5.4.1).
+"""Stage-1 trainer: the MAGVIT-v2 video tokenizer (thesis 5.3, recipe 5.4) and the 3D-VQ.
 
 The train step is a pure function (state, batch) -> (state, metrics), jitted
-with explicit shardings over the config's mesh and a donated state. Losses in
-this version: reconstruction (L2), LFQ commitment and the annealed LFQ entropy
-penalty. Evaluation reconstructs held-out clips with the EMA parameters.
+with explicit shardings over the config's mesh and a donated state. Losses:
+reconstruction (L2), the quantizer's losses (LFQ commitment and the annealed
+entropy penalty, or VQ's), LPIPS, and the adversarial game of a 3D StyleGAN
+discriminator with R1 and LeCAM (`gan_losses`). `ReconstructionEvaluator`
+reconstructs held-out clips with the EMA parameters. The run itself is
+`loop`'s; the tokenizer's construction and loading (also used by later
+stages) is `frozen_tokenizer`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
-import os
-from typing import Any
 
-from clu import parameter_overview, periodic_actions
-from etils import epath
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -25,13 +24,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from videogen import checkpoint, optim, sharding
-from videogen.data import mixture, pipeline
+from videogen import optim, sharding
+from videogen.data import sources
 from videogen.evaluation import evaluator, image_metrics, lpips, video_grid
 from videogen.models import discriminator as discriminator_models
 from videogen.models import inflation
-from videogen.models import tokenizer as tokenizer_models
-from videogen.trainers import gan_losses, loop
+from videogen.trainers import frozen_tokenizer, gan_losses, loop
+from videogen.trainers.frozen_tokenizer import to_float
 
 
 class LeCAMAnchor(nnx.Variable):
@@ -64,18 +63,6 @@ class TrainState(nnx.Module):
             self.lecam_fake = LeCAMAnchor(jnp.zeros((), jnp.float32))
 
 
-def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
-    """The tokenizer class named by `config.model_class` in videogen.models.tokenizer."""
-    cls = getattr(tokenizer_models, config.model_class, None)
-    if cls is None:
-        raise ValueError(
-            f"config.model_class={config.model_class!r} is not defined in "
-            "videogen/models/tokenizer.py."
-        )
-    # The 'rbg' PRNG compiles the initialiser several times faster than threefry on CPU.
-    return cls(**config.model.to_dict(), rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")))
-
-
 def uses_gan(config: ml_collections.ConfigDict) -> bool:
     return config.loss.generator_adversarial_weight > 0
 
@@ -94,14 +81,11 @@ def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
     """A fresh train state for `config`: with discriminator when the GAN loss is on."""
     tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
     if not uses_gan(config):
-        return TrainState(build_model(config), tx)
+        return TrainState(frozen_tokenizer.build_tokenizer(config), tx)
     d_tx = optim.make_optimizer(config.discriminator_optimizer, config.num_train_steps)
-    return TrainState(build_model(config), tx, build_discriminator(config), d_tx)
-
-
-def to_float(video: UInt8[Array, "b t h w c"]) -> Float[Array, "b t h w c"]:
-    """uint8 [0, 255] -> float32 [-1, 1]; done on device so the host ships bytes."""
-    return video.astype(jnp.float32) / 127.5 - 1.0
+    return TrainState(
+        frozen_tokenizer.build_tokenizer(config), tx, build_discriminator(config), d_tx
+    )
 
 
 def entropy_weight_at(step: jax.Array, loss: ml_collections.ConfigDict) -> jax.Array:
@@ -130,7 +114,7 @@ def quantizer_loss_weight(name: str, step: jax.Array, loss: ml_collections.Confi
 def _generator_forward(
     graphdef: nnx.GraphDef,
     rest: nnx.State,
-    video: Float[Array, "b t h w c"],
+    video: Float[Array, "b T H W c"],
     step: jax.Array,
     loss: ml_collections.ConfigDict,
     params: nnx.State,
@@ -150,25 +134,30 @@ def _generator_forward(
 def perceptual_frames(
     step: jax.Array, num_frames: int, batch: int, count: int
 ) -> Int[Array, "b n"] | None:
-    """Frames each clip's LPIPS is taken on: all (None) if count is 0, else `count` random ones.
+    """Frames each clip's LPIPS is taken on: all (None) if count is None, else `count` random ones.
 
     Random per step and clip but a function of the step only, so a resumed run
     picks the same frames. LPIPS (VGG16 on every frame of real and
     reconstruction) costs more than the tokenizer itself on small clips; a few
     frames per clip give an unbiased estimate of the all-frames loss.
     """
-    if count <= 0 or count >= num_frames:
+    if count is None or count >= num_frames:
         return None
+    if count < 1:
+        raise ValueError(
+            f"loss.perceptual_frames_per_clip={count}; use a positive frame count, or None "
+            "for every frame."
+        )
     keys = jax.random.split(jax.random.fold_in(jax.random.key(0), step), batch)
     return jax.vmap(lambda k: jax.random.permutation(k, num_frames)[:count])(keys)
 
 
 def _pixel_objective(
     perceptual: nnx.Module | None,
-    video: Float[Array, "b t h w c"],
+    video: Float[Array, "b T H W c"],
     step: jax.Array,
     loss: ml_collections.ConfigDict,
-    reconstruction: Float[Array, "b t h w c"],
+    reconstruction: Float[Array, "b T H W c"],
 ):
     """Weighted L2 + per-frame LPIPS of the reconstruction (the terms that only see pixels)."""
     l2 = jnp.mean(jnp.square(reconstruction.astype(jnp.float32) - video))
@@ -200,7 +189,7 @@ class Gradients:
 def compute_gradients(
     train_state: TrainState,
     perceptual: nnx.Module | None,
-    video: Float[Array, "b t h w c"],
+    video: Float[Array, "b T H W c"],
     loss: ml_collections.ConfigDict,
     adversarial: bool = True,
 ) -> Gradients:
@@ -347,7 +336,7 @@ def reconstruct(
     lpips_graphdef: nnx.GraphDef,
     state: nnx.State,
     lpips_state: nnx.State,
-    video: UInt8[Array, "b t h w c"],
+    video: UInt8[Array, "b T H W c"],
 ) -> dict[str, jax.Array]:
     """EMA reconstructions and their per-example metrics (videos in [0, 1])."""
     model = nnx.merge(graphdef, state).ema_model
@@ -365,8 +354,8 @@ def reconstruct(
 
 
 def latent_resolution_baseline(
-    video: Float[Array, "b t h w c"], latent_shape: tuple[int, int, int]
-) -> Float[Array, "b t h w c"]:
+    video: Float[Array, "b T H W c"], latent_shape: tuple[int, int, int]
+) -> Float[Array, "b T H W c"]:
     """The clip down-sampled to the latent grid (antialiased) and linearly up-sampled back.
 
     A tokenizer that is worth its tokens must beat this, which keeps exactly as
@@ -377,88 +366,32 @@ def latent_resolution_baseline(
     return jax.image.resize(small, video.shape, method="linear", antialias=False)
 
 
-def _data_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return dict(
-        num_frames=config.data.num_frames,
-        resolution=config.data.resolution,
-        frame_stride=config.data.frame_stride,
-        seed=config.seed,
-    )
+RECONSTRUCTION_METRICS = ("psnr", "ssim", "lpips", "baseline_psnr")
 
 
-def make_train_source(config: ml_collections.ConfigDict):
-    """The training source; `data.name` may mix sources with "+" (equal shares)."""
-    names = [n.strip() for n in config.data.name.split("+")]
-    try:
-        sources = [
-            pipeline.make_source(n, "train", path=config.data.path or None, **_data_kwargs(config))
-            for n in names
-        ]
-    except (ValueError, FileNotFoundError) as e:
-        if not config.data.missing_hint:
-            raise
-        raise type(e)(f"{e}\n{config.data.missing_hint}") from e
-    return sources[0] if len(sources) == 1 else mixture.MixtureSource(sources)
+class ReconstructionEvaluator:
+    """Held-out reconstruction metrics of the EMA model on each of `config.eval.datasets`.
 
-
-_RECONSTRUCTION_METRICS = ("psnr", "ssim", "lpips", "baseline_psnr")
-
-
-class Evaluator:
-    """Held-out reconstruction metrics of the EMA model on each `config.eval.datasets`.
-
-    PSNR, SSIM and LPIPS (VGG16) per clip, averaged; with `config.eval.frechet`
-    enabled, also rFVD of the reconstructions against the real split's cached
-    I3D statistics (`<workdir>/real_stats`).
+    PSNR, SSIM and LPIPS (VGG16) per clip, averaged, next to the latent-grid
+    baseline's PSNR; with `config.eval.frechet` enabled, also rFVD of the
+    reconstructions against the real split's cached I3D statistics
+    (`<workdir>/real_stats`). One ``input | reconstruction`` grid per dataset.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, graphdef, state_shardings, mesh, workdir):
         self.config, self.mesh, self.workdir = config, mesh, workdir
-        self.datasets = [n.strip() for n in config.eval.datasets.split(",") if n.strip()]
         self.sources = {
-            name: pipeline.make_source(
-                name,
-                "eval",
-                path=config.eval.path or config.data.path or None,
-                num_examples=config.eval.num_examples,
-                **_data_kwargs(config),
-            )
-            for name in self.datasets
+            spec: sources.make_source(config, spec, "eval", num_examples=config.eval.num_examples)
+            for spec in sources.spec_list(config.eval.datasets)
         }
         lpips_graphdef, self.lpips_state = nnx.split(lpips.load_lpips())
         self._reconstruct = jax.jit(
             functools.partial(reconstruct, graphdef, lpips_graphdef),
             in_shardings=(state_shardings, None, sharding.batch_sharding(mesh)),
         )
-        protocol = config.eval.frechet
-        self.frechet = None
-        if protocol.num_samples:
-            if protocol.real_temporal_windows != 1 or protocol.real_spatial_crops != 1:
-                raise ValueError(
-                    "eval.frechet.real_temporal_windows/real_spatial_crops > 1: the tokenizer's "
-                    "rFVD compares reconstructions with the clips they reconstruct (one view per "
-                    "clip); set both to 1."
-                )
-            if protocol.num_samples * protocol.num_repeats > config.eval.num_examples:
-                raise ValueError(
-                    f"eval.frechet needs num_samples x num_repeats = "
-                    f"{protocol.num_samples * protocol.num_repeats} reconstructions but "
-                    f"eval.num_examples={config.eval.num_examples}; raise eval.num_examples "
-                    "or lower eval.frechet.num_samples."
-                )
-            self.frechet = evaluator.FrechetEvaluator(
-                protocol, os.path.join(workdir, "real_stats"), mesh
-            )
-
-    def _batches(self, source, batch_size: int):
-        return pipeline.make_iterator(
-            source,
-            global_batch_size=batch_size,
-            shuffle=False,
-            seed=0,
-            num_epochs=1,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+        # rFVD compares each reconstruction with the clip it reconstructs.
+        self.frechet = evaluator.make_frechet(
+            config.eval.frechet, config.eval.num_examples, workdir, mesh
         )
 
     def _real_statistics(self, name: str):
@@ -467,35 +400,32 @@ class Evaluator:
         if protocol.real_split == "eval":
             source = self.sources[name]
         else:
-            source = pipeline.make_source(
-                name,
-                protocol.real_split,
-                path=self.config.data.path or None,
-                num_examples=self.frechet.real_num_examples,
-                **_data_kwargs(self.config),
+            source = sources.make_source(
+                self.config, name, protocol.real_split, num_examples=self.frechet.real_num_examples
             )
         return self.frechet.real_statistics(
             name,
-            lambda: self._batches(source, self.config.eval.batch_size),
+            lambda: sources.eval_batches(source, self.config.eval.batch_size),
             frame_stride=self.config.data.frame_stride,
             source_resolution=self.config.data.resolution,
         )
 
-    def __call__(self, state: nnx.State, step: int, writer) -> dict[str, float]:
-        results = {}
+    def __call__(self, state: nnx.State, step: int) -> loop.EvalOutput:
+        del step  # reconstructions do not depend on it; the loop writes the report
+        results, grids = {}, {}
         for name, source in self.sources.items():
-            totals = {key: 0.0 for key in _RECONSTRUCTION_METRICS}
+            totals = {key: 0.0 for key in RECONSTRUCTION_METRICS}
             progress = {"count": 0, "grid": None}
 
             def reconstructions():
                 """uint8 reconstructions batch by batch; accumulates the per-clip metrics."""
-                for batch in self._batches(source, self.config.eval.batch_size):
+                for batch in sources.eval_batches(source, self.config.eval.batch_size):
                     out = self._reconstruct(
                         state,
                         self.lpips_state,
                         sharding.shard_batch({"video": batch["video"]}, self.mesh)["video"],
                     )
-                    for key in _RECONSTRUCTION_METRICS:
+                    for key in RECONSTRUCTION_METRICS:
                         totals[key] += float(jnp.sum(out[key]))
                     progress["count"] += out["psnr"].shape[0]
                     recon = video_grid.to_uint8(
@@ -529,89 +459,9 @@ class Evaluator:
             results[f"eval/{name}/psnr_gain_over_baseline"] = (
                 results[f"eval/{name}/psnr"] - results[f"eval/{name}/baseline_psnr"]
             )
-            grid = progress["grid"]
-            if grid is not None:
-                video_grid.save_grid(
-                    self.workdir, f"{name}_step{step:07d}", grid, self.config.eval.fps
-                )
-                # TensorBoard shows the first and last frame of the grid (input row above reconstruction).
-                writer.write_images(step, {f"eval/{name}/grid": np.stack([grid[0], grid[-1]])})
-        writer.write_scalars(step, results)
-        if jax.process_index() == 0:
-            (epath.Path(self.workdir) / f"eval_step{step:07d}.json").write_text(
-                json.dumps(results, indent=2, sort_keys=True)
-            )
-        return results
-
-
-class _Run:
-    """What training and `--mode=eval` both set up: mesh, training data, checkpoints."""
-
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        self.config = config
-        self.mesh = sharding.make_mesh(config.mesh.shape)
-        if config.batch_size % sharding.data_parallel_size(self.mesh):
-            raise ValueError(
-                f"config.batch_size={config.batch_size} must be divisible by the mesh's "
-                f"data-parallel size {sharding.data_parallel_size(self.mesh)} (data x fsdp)."
-            )
-        self.train_source = make_train_source(config)
-        self.train_iter = pipeline.make_iterator(
-            self.train_source,
-            global_batch_size=config.batch_size,
-            shuffle=True,
-            seed=config.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            worker_count=config.data.worker_count,
-        )
-        self.checkpointer = checkpoint.Checkpointer(
-            workdir,
-            max_to_keep=config.checkpoint.keep,
-            save_interval_steps=config.checkpoint.every_steps,
-            async_save=config.checkpoint.async_save,
-        )
-
-    def create_or_restore_state(self) -> tuple[nnx.GraphDef, nnx.State, nnx.State, int]:
-        """The sharded train state: fresh, or the workdir's latest checkpoint (data position too)."""
-        graphdef, state, shardings, step = loop.create_or_restore_state(
-            lambda: create_train_state(self.config),
-            self.mesh,
-            self.config.sharding_rules,
-            self.checkpointer,
-            self.train_iter,
-        )
-        if step == 0 and self.config.init.image_workdir:
-            state = inflate_from_image_run(self.config, graphdef, state, shardings)
-        return graphdef, state, shardings, step
-
-
-def load_tokenizer(
-    workdir: str, *, step: int | None = None
-) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-    """The EMA tokenizer of a tokenizer run (latest checkpoint, or `step`) and that run's config.
-
-    For later stages (transformers) that use the tokenizer frozen; the model is
-    built from the config saved with the checkpoint, so it needs no other input.
-    Only the EMA model's arrays are read (not the optimizer, online model or
-    discriminator).
-    """
-    checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=1, save_interval_steps=1)
-    try:
-        step = checkpointer.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(
-                f"No tokenizer checkpoint in {checkpointer.directory}; train one first "
-                f"(python -m videogen.main --config=experiments/quickstart.py --workdir={workdir}) "
-                "or point the config's tokenizer_workdir at a finished tokenizer run."
-            )
-        config = checkpointer.restore_config(step)
-        abstract_ema = nnx.eval_shape(lambda: create_train_state(config)).ema_model
-        graphdef, abstract = nnx.split(abstract_ema)
-        state = checkpointer.restore_state_part(step, "ema_model", abstract)
-    finally:
-        checkpointer.close()
-    return nnx.merge(graphdef, state), config
+            if progress["grid"] is not None:
+                grids[name] = progress["grid"]
+        return loop.EvalOutput(results, grids)
 
 
 def inflation_mode(config: ml_collections.ConfigDict) -> str:
@@ -630,7 +480,7 @@ def inflate_from_image_run(
 
     The discriminator is not inflated: it keeps its fresh initialisation (thesis 5.4.2).
     """
-    image_model, image_config = load_tokenizer(config.init.image_workdir)
+    image_model, image_config = frozen_tokenizer.load_tokenizer(config.init.image_workdir)
     if image_config.model_class != config.model_class:
         raise ValueError(
             f"init.image_workdir={config.init.image_workdir!r} holds a {image_config.model_class} "
@@ -657,38 +507,15 @@ def inflate_from_image_run(
     return jax.device_put(nnx.state(train_state), shardings)
 
 
-@dataclasses.dataclass
-class RunResult:
-    step: int
-    state: nnx.State
-    train_metrics: dict[str, float]  # at the last logged step of this run
-    history: list[dict[str, float]]  # every logged step of this run, with its "step"
-    eval_metrics: dict[str, float]  # of the last evaluation of this run, if any
-
-
-def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None
-) -> RunResult:
-    """Trains (resuming from `workdir`) until `config.num_train_steps`, then evaluates.
-
-    `stop_at_step` ends this run early, after saving, as a preemption would.
-    """
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    run = _Run(config, workdir)
-    mesh, train_source, train_iter, checkpointer = (
-        run.mesh,
-        run.train_source,
-        run.train_iter,
-        run.checkpointer,
-    )
-    graphdef, state, state_shardings, step = run.create_or_restore_state()
+def make_step(
+    config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, state_shardings: nnx.State, mesh
+) -> loop.StepFn:
+    """The jitted train step; two programs, each compiled when first used: without the
+    discriminator before `loss.adversarial_start_step` (cheaper), with it after."""
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
-
     lpips_graphdef, lpips_state = (
         nnx.split(lpips.load_lpips()) if config.loss.perceptual_weight > 0 else (None, None)
     )
-    # Two programs: without the discriminator before the adversarial start step
-    # (cheaper), with it after; each is compiled when first used.
     jitted_steps = {
         adversarial: jax.jit(
             functools.partial(train_step, graphdef, lpips_graphdef, config, schedule, adversarial),
@@ -707,83 +534,37 @@ def train_and_evaluate(
         adversarial = uses_gan(config) and step >= config.loss.adversarial_start_step
         return jitted_steps[adversarial](state, lpips_state, batch)
 
-    evaluator = Evaluator(config, graphdef, state_shardings, mesh, workdir)
-    writer = loop.create_writer(workdir)
-    if step == 0:
-        loop.write_hparams(writer, config)
-        parameter_overview.log_parameter_overview(
-            nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state).model, nnx.Param))
-        )
-    progress = periodic_actions.ReportProgress(
-        num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
-    )
-    end = (
-        config.num_train_steps
-        if stop_at_step is None
-        else min(stop_at_step, config.num_train_steps)
-    )
-    eval_metrics: dict[str, float] = {}
-    values: dict[str, float] = {}
-    history: list[dict[str, float]] = []
-    with checkpoint.PreemptionGuard() as guard:
-        while step < end:
-            batch = sharding.shard_batch({"video": next(train_iter)["video"]}, mesh)
-            state, metrics = step_fn(state, batch, step)
-            step += 1
-            progress(step)
-            must_save = step % config.checkpoint.every_steps == 0 or step == end
-            stop = guard.should_stop(step)
-            if step % config.log_every_steps == 0 or must_save or stop:
-                values = loop.scalars(metrics)
-                loop.check_finite(values, step)
-                values["data/skipped_files"] = float(train_source.skipped_files)
-                writer.write_scalars(step, values)
-                history.append({"step": step, **values})
-            if config.eval.every_steps and step % config.eval.every_steps == 0 and step < end:
-                eval_metrics = evaluator(state, step, writer)
-            checkpointer.save(step, state, train_iter, config, force=stop or step == end)
-            if stop:
-                logging.warning(
-                    "Stopped at step %d on SIGTERM; checkpoint saved in %s.",
-                    step,
-                    checkpointer.directory,
-                )
-                break
-    checkpointer.wait_until_finished()
-    if step == config.num_train_steps and config.eval.at_end:
-        eval_metrics = evaluator(state, step, writer)
-        logging.info("Final evaluation at step %d: %s", step, json.dumps(eval_metrics, indent=1))
-    writer.flush()
-    checkpointer.close()
-    _print_summary(config, workdir, step, eval_metrics)
-    return RunResult(step, state, values, history, eval_metrics)
+    return step_fn
 
 
-def _print_summary(config, workdir: str, step: int, eval_metrics: dict[str, float]) -> None:
-    """Tells the user where the outputs are and what the last evaluation measured."""
-    if jax.process_index() != 0:
-        return
-    print(
-        f"videogen: step {step}/{config.num_train_steps}. Outputs in {os.path.abspath(workdir)}: "
-        "checkpoints/, samples/ (input | reconstruction grids, GIF and MP4), eval_step*.json, "
-        f"TensorBoard events (tensorboard --logdir {workdir})."
+def make_trainer(config: ml_collections.ConfigDict, workdir: str) -> loop.Trainer:
+    """The tokenizer's state, data, step and evaluator for the shared loop."""
+    return loop.Trainer(
+        build_state=lambda: create_train_state(config),
+        train_source=sources.train_source(config),
+        fields=("video",),
+        make_step=functools.partial(make_step, config),
+        make_evaluator=lambda graphdef, shardings, mesh: ReconstructionEvaluator(
+            config, graphdef, shardings, mesh, workdir
+        ),
+        outputs="input | reconstruction grids",
+        init_fresh=(
+            functools.partial(inflate_from_image_run, config) if config.init.image_workdir else None
+        ),
     )
-    for key, value in sorted(eval_metrics.items()):
-        print(f"  {key} = {value:.4f}")
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None
+) -> loop.RunResult:
+    """Trains (resuming from `workdir`) until `config.num_train_steps`, then evaluates.
+
+    `stop_at_step` ends this run early, after saving, as a preemption would.
+    """
+    trainer = make_trainer(config, workdir)
+    return loop.train_and_evaluate(config, workdir, trainer, stop_at_step=stop_at_step)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """`--mode=eval`: reconstruction metrics of the latest checkpoint in `workdir`."""
-    run = _Run(config, workdir)
-    if run.checkpointer.latest_step() is None:
-        raise FileNotFoundError(
-            f"No checkpoint in {run.checkpointer.directory}; train first with "
-            "--mode=train and the same --workdir."
-        )
-    graphdef, state, state_shardings, step = run.create_or_restore_state()
-    writer = loop.create_writer(workdir)
-    metrics = Evaluator(config, graphdef, state_shardings, run.mesh, workdir)(state, step, writer)
-    writer.flush()
-    run.checkpointer.close()
-    _print_summary(config, workdir, step, metrics)
-    return metrics
+    return loop.evaluate_checkpoint(config, workdir, make_trainer(config, workdir))

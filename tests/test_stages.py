@@ -1,4 +1,4 @@
-"""The pipeline trainer: stages in order, "@stage" references, finished stages skipped."""
+"""The stages trainer: stages in order, "@stage" references, finished stages skipped."""
 
 import os
 
@@ -6,10 +6,8 @@ import ml_collections
 import pytest
 
 from videogen import main as videogen_main
-from videogen.trainers import pipeline
-from test_config import load_experiment
-from test_maskgit_trainer import MASKGIT_TINY, configure
-from test_tokenizer_trainer import tiny
+from videogen.trainers import stages
+from tiny_configs import MASKGIT_TINY, configure, load_experiment, tiny
 
 NO_GAN = {"loss.generator_adversarial_weight": 0.0, "loss.perceptual_weight": 0.0}
 
@@ -54,6 +52,6 @@ def test_quickstart_stages_run_in_order_and_finished_stages_are_skipped(tmp_path
 def test_references_must_name_an_earlier_stage(tmp_path):
     stage = ml_collections.ConfigDict({"init": {"image_workdir": "@tokenizer"}})
     with pytest.raises(ValueError, match="names stage 'tokenizer', which does not run before"):
-        pipeline.resolve_references(stage, str(tmp_path), done=["image_tokenizer"])
-    resolved = pipeline.resolve_references(stage, str(tmp_path), done=["tokenizer"])
+        stages.resolve_references(stage, str(tmp_path), done=["image_tokenizer"])
+    resolved = stages.resolve_references(stage, str(tmp_path), done=["tokenizer"])
     assert resolved.init.image_workdir == os.path.join(str(tmp_path), "tokenizer")

@@ -10,7 +10,6 @@ checkpoint and evaluation exist is not run again.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import os
 from etils import epath
 import ml_collections
 
-from videogen import checkpoint
+from videogen import checkpoint, trainers
 
 _REFERENCE = "@"
 
@@ -52,7 +51,7 @@ def resolve_references(
 
 
 def _trainer(config: ml_collections.ConfigDict):
-    return importlib.import_module(f"videogen.trainers.{config.trainer}")
+    return trainers.trainer_module(config.trainer)
 
 
 def _finished_metrics(config: ml_collections.ConfigDict, workdir: str) -> dict | None:

@@ -1,0 +1,70 @@
+"""Parameter count and speed of the default SoundStream tokenizer on 2.125 s of 16 kHz audio.
+
+    JAX_PLATFORMS=cpu python benchmarks/audio_tokenizer_speed.py [--batch 1] [--repeats 5]
+
+Times the evaluation forward pass (encode, RVQ, decode) and one training
+gradient (L1 + multi-scale spectral + commitment losses) after compilation,
+each call synchronised with ``block_until_ready``.
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from videogen.evaluation.audio_metrics import multiscale_spectral_distance
+from videogen.models.audio_tokenizer import SoundStreamTokenizer
+
+NUM_SAMPLES = 34_000
+
+
+def best_time(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    model = nnx.jit(lambda: SoundStreamTokenizer(rngs=nnx.Rngs(0)))()
+    params = nnx.state(model, nnx.Param)
+    print(f"parameters: {sum(x.size for x in jax.tree.leaves(params)):,}")
+    audio = jnp.asarray(
+        0.1 * np.random.default_rng(0).standard_normal((args.batch, NUM_SAMPLES)), jnp.float32
+    )
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    @jax.jit
+    def grad(params, rest, audio):
+        def loss(params):
+            module = nnx.merge(graphdef, params, rest, copy=True)
+            reconstruction, aux = module(audio)
+            spectral = jnp.mean(multiscale_spectral_distance(reconstruction, audio))
+            l1 = jnp.mean(jnp.abs(reconstruction - audio))
+            return l1 + spectral + aux["losses"]["commitment"]
+
+        return jax.grad(loss)(params)
+
+    train = best_time(lambda: grad(params, rest, audio), args.repeats)
+    model.eval()
+    eval_graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda s, a: nnx.merge(eval_graphdef, s)(a)[0])
+    infer = best_time(lambda: forward(state, audio), args.repeats)
+    print(
+        f"batch {args.batch} x 2.125 s: forward {infer * 1e3:.0f} ms, gradient {train * 1e3:.0f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Sources from a config's dataset specs: the one grammar for naming data in configs.
+
+A dataset spec is a source name (`moving_digits`, `real_clips`, `video_folder`,
+`tfds:<name>`) or several joined by "+", mixed in equal shares
+(`moving_digits+real_clips`). `data.name` is one spec; a list of datasets
+evaluated one by one (`eval.datasets`) is a tuple of specs. Clips take their
+frames, resolution and stride from the config's `data` block, so training and
+evaluation clips agree unless a caller asks for other frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_collections
+
+from videogen.data import moving_digits, pipeline
+from videogen.data.mixture import MixtureSource
+
+
+def spec_parts(spec: str) -> list[str]:
+    """The source names of one dataset spec ("a+b" -> ["a", "b"])."""
+    if not isinstance(spec, str):
+        raise ValueError(
+            f"dataset spec {spec!r} is not a string; a spec is a name or names joined by '+', "
+            "e.g. 'moving_digits+real_clips'."
+        )
+    if "," in spec:
+        raise ValueError(
+            f"dataset spec {spec!r} contains ','; a list of datasets is a tuple of specs, "
+            "e.g. --config.eval.datasets=\"('moving_digits', 'real_clips')\", and '+' mixes "
+            "sources into one."
+        )
+    parts = [part.strip() for part in spec.split("+")]
+    if not all(parts):
+        raise ValueError(
+            f"dataset spec {spec!r} has an empty name; join names by '+', e.g. "
+            "'moving_digits+real_clips'."
+        )
+    return parts
+
+
+def spec_list(specs: Sequence[str]) -> list[str]:
+    """The dataset specs of a config list such as `eval.datasets` (a tuple of specs)."""
+    if isinstance(specs, str):
+        raise ValueError(
+            f"a list of datasets is a tuple of specs, got the string {specs!r}; write e.g. "
+            "('moving_digits', 'real_clips')."
+        )
+    specs = list(specs)
+    for spec in specs:
+        spec_parts(spec)
+    return specs
+
+
+def content_version(spec: str) -> int:
+    """Version of what an embedded dataset shows (0 for data read from disk).
+
+    Part of the cache key of anything computed from a dataset's clips, so a
+    change to the embedded data is never answered from an old cache.
+    """
+    versions = {"moving_digits": moving_digits.VERSION}
+    return max(versions.get(part, 0) for part in spec_parts(spec))
+
+
+def make_source(
+    config: ml_collections.ConfigDict,
+    spec: str,
+    split: str,
+    *,
+    num_examples: int | None = None,
+    num_frames: int | None = None,
+    with_audio: bool = False,
+) -> pipeline.VideoSource:
+    """The source of `spec` for `split`, with the clip shape of `config.data`.
+
+    Files come from `data.path` for "train" and from `eval.path` (else
+    `data.path`) for "eval". In a mixture each part gets an equal share of
+    `num_examples`. `num_frames` overrides `data.num_frames` (e.g. an FVD
+    protocol's clip length). `with_audio` asks file sources for their audio tracks.
+    """
+    data = config.data
+    path = data.path if split == "train" else config.eval.path or data.path
+    parts = spec_parts(spec)
+    share = None if num_examples is None else -(-num_examples // len(parts))
+    sources = [
+        pipeline.make_source(
+            name,
+            split,
+            num_frames=data.num_frames if num_frames is None else num_frames,
+            resolution=data.resolution,
+            frame_stride=data.frame_stride,
+            seed=config.seed,
+            path=path or None,
+            num_examples=num_examples if len(parts) == 1 else share,
+            with_audio=with_audio,
+        )
+        for name in parts
+    ]
+    return sources[0] if len(sources) == 1 else MixtureSource(sources)
+
+
+def train_source(
+    config: ml_collections.ConfigDict, *, with_audio: bool = False
+) -> pipeline.VideoSource:
+    """The training source of `config.data.name`; a missing dataset's error carries
+    `data.missing_hint` (where the data must be, and what to run instead)."""
+    try:
+        return make_source(config, config.data.name, "train", with_audio=with_audio)
+    except (ValueError, FileNotFoundError) as e:
+        if not config.data.missing_hint:
+            raise
+        raise type(e)(f"{e}\n{config.data.missing_hint}") from e
+
+
+def eval_batches(
+    source: pipeline.VideoSource,
+    batch_size: int,
+    fields: Sequence[str] = ("video", "label"),
+):
+    """One pass over `source` in order, in batches of `batch_size` split over the processes
+    (the last partial batch dropped): how every evaluator reads held-out clips."""
+    import jax  # here, not at the top: configs import this package without JAX
+
+    return pipeline.make_iterator(
+        source,
+        global_batch_size=batch_size,
+        shuffle=False,
+        seed=0,
+        num_epochs=1,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        fields=fields,
+    )
