@@ -6,7 +6,8 @@ r"""MAGVIT-v2 video tokenizer on Kinetics-600 (thesis 5.4.1), and its CPU-sized 
 
 The full config expects Kinetics-600 as video files in two folders: training
 videos under `data.path`, held-out ones under `eval.path` (any nesting inside;
-see videogen/data/video_folder.py). `runlocal` keeps the architecture (causal 3D
+see videogen/data/video_folder.py). Training length: 190 epochs of K600 at batch
+256 (5.4.1; `config.tokenizer_config`). `runlocal` keeps the architecture (causal 3D
 CNN, 3 down-samplings, deferred temporal down-sampling, LFQ with 2^18 codes)
 but shrinks widths, depth, clip size and batch to a CPU, on embedded data.
 """

@@ -11,7 +11,8 @@ or its `runlocal` twin for the `runlocal` variant). The frozen tokenizer maps
 the first 5 frames (the first 2 latent frames) are the condition. Sampling:
 12 steps, cosine schedule, temperature 32. FVD follows the K600 protocol
 (50,000 x 4 samples, first 16 frames at 64x64) against the held-out clips, next
-to the copy-last-frame baseline. `runlocal` keeps the tasks and decoding but
+to the copy-last-frame baseline. Training length: 360 epochs of K600 at batch
+256 (5.4.2; `config.maskgit_config`). `runlocal` keeps the tasks and decoding but
 shrinks clips (9x32x32), model and batch to a CPU, on embedded data.
 """
 

@@ -28,9 +28,8 @@ def get_config(arg: str | None = None):
     c = config_lib.maskgit_config()
     c.tokenizer_workdir = "runs/magvit_3dvq_ucf101"
     c.tokenizer_command = (
-        "python -m videogen.main --config=experiments/magvit_3dvq.py:size=L "
-        f"--workdir=runs/magvit_3dvq_ucf101 --config.data.path={UCF_PATH}/train "
-        f"--config.eval.path={UCF_PATH}/eval"
+        "python -m videogen.main --config=experiments/magvit_3dvq.py:size=L,dataset=ucf101 "
+        "--workdir=runs/magvit_3dvq_ucf101"
     )
     c.model.num_factors = 1  # 1024 codes: one softmax
     c.tasks.names = ("CG",)
@@ -46,8 +45,8 @@ def get_config(arg: str | None = None):
         "--config.eval.path=...), or run the CPU-sized twin on embedded data with "
         "--config=experiments/magvit_ucf101_cg.py:runlocal"
     )
-    # 2000 epochs of the 9.5K training videos at batch 256 (Table 6.10, MAGVIT-L).
-    c.num_train_steps = 74_500
+    # Table 6.10, MAGVIT-L: 2000 epochs (74,219 steps at batch 256).
+    c.num_train_steps = config_lib.steps_for_epochs(2000, "ucf101", c.batch_size)
     # 6.5.6's default decoding; the guidance scale is not in the thesis.
     c.decoding.update(schedule="cosine", choice_temperature=4.5, guidance_scale=1.0)
     c.eval.tasks = ("CG",)

@@ -21,7 +21,6 @@ Argument: `steps=N`.
 import ml_collections
 
 from videogen import config as config_lib
-from videogen.evaluation import protocols
 
 
 def get_config(arg: str | None = None):
@@ -53,6 +52,6 @@ def get_config(arg: str | None = None):
     c.log_every_steps = 50
     c.eval.update(dataset="moving_digits", path="", tasks=("FP", "CG"))
     c.eval.update(num_examples=64, batch_size=16, every_steps=None, at_end=True, grid_examples=8)
-    c.eval.frechet = protocols.protocol_config("quickstart", num_samples=64)
+    c.eval.frechet = config_lib.clip_frechet(c, "quickstart", num_samples=64)
     c.lock()
     return c

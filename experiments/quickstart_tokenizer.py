@@ -63,7 +63,7 @@ def get_config(arg: str | None = None):
     c.eval.num_examples = 64
     c.eval.batch_size = 8
     c.eval.every_steps = None  # at the end only: a mid-run evaluation costs ~2 minutes here
-    c.eval.frechet = config_lib.reconstruction_frechet(c, "quickstart", num_samples=64)
+    c.eval.frechet = config_lib.clip_frechet(c, "quickstart", num_samples=64)
     if args.image:
         # Image pre-training (thesis 5.4.2): the same model with 1x3x3 kernels on single
         # frames; the video stage inflates it (temporally last slice, as it is causal).

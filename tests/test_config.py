@@ -106,3 +106,71 @@ print(len(paths))
     )
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) >= 8
+
+
+def _tokenizer_config_of(config):
+    """The tokenizer experiment config that `config.tokenizer_command` trains."""
+    experiment, _, arg = config.tokenizer_command.split("--config=")[1].split()[0].partition(":")
+    return config_lib.load_experiment(os.path.join(ROOT, experiment)).get_config(arg or None)
+
+
+def test_bair_tokenizer_is_the_64x64_3dvq_and_its_sequence_is_1026():
+    """Thesis 3.3.1 at 64x64 (VQVAE multipliers 1, 2, 4; discriminator 2, 4, 4, 4): a 16x64x64
+    clip gives 4x16x16 tokens, and the BAIR transformer's sequence is 6.5.6's 1026 (task and
+    class prompt + 1024 tokens). Shapes only: nothing is initialised or run."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from videogen.tasks import commit_tokens
+    from videogen.trainers import frozen_tokenizer, maskgit, tokenizer
+
+    bair = load_experiment("magvit_bair_mt8").get_config()
+    vq = _tokenizer_config_of(bair)
+    assert (vq.model_class, vq.data.num_frames, vq.data.resolution) == ("VQVideoTokenizer", 16, 64)
+    assert tuple(vq.model.channel_multipliers) == (1, 2, 4)
+    assert tuple(vq.discriminator.channel_multipliers) == (2, 4, 4, 4)
+    assert (vq.model.base_channels, vq.batch_size, vq.eval.frechet.resolution) == (128, 256, 64)
+    model = nnx.eval_shape(lambda: frozen_tokenizer.build_tokenizer(vq))
+    clip = jax.ShapeDtypeStruct((1, 16, 64, 64, 3), jnp.float32)
+    tokens = nnx.eval_shape(lambda m, v: m.tokenize(v), model, clip)
+    assert tokens.shape == (1, 4, 16, 16)
+    logit = nnx.eval_shape(lambda: tokenizer.build_discriminator(vq)(jnp.zeros(clip.shape)))
+    assert logit.shape == (1,)  # one real/fake logit per clip
+    setup = commit_tokens.make_setup(bair, model)
+    transformer = nnx.eval_shape(lambda: maskgit.build_model(bair, setup))
+    assert commit_tokens.PREFIX_LENGTH + setup.num_tokens == 1026
+    assert transformer.position_embedding.shape[0] == 1026
+
+
+@pytest.mark.parametrize(
+    ("name", "arg", "epochs", "dataset", "batch_size", "steps"),
+    [
+        # 5.4.1: the MAGVIT-v2 tokenizer, 190 epochs of K600 at batch 256.
+        ("magvit2_k600", None, 190, "k600", 256, 285_000),
+        # 5.4.2 / Table 6.10 (K600, L): the transformer, 360 epochs at batch 256.
+        ("magvit2_k600_fp", None, 360, "k600", 256, 540_000),
+        # Table 3.1: the 3D-VQ, B (batch 128) and L (batch 256) per dataset.
+        ("magvit_3dvq", None, 45, "k600", 128, 135_000),
+        ("magvit_3dvq", "size=L", 180, "k600", 256, 270_000),
+        ("magvit_3dvq", "size=L,dataset=bair", 800, "bair", 256, 134_375),
+        ("magvit_3dvq", "size=L,dataset=ucf101", 2000, "ucf101", 256, 74_219),
+        # Table 6.10 (MAGVIT-L): UCF-101 2000 epochs, BAIR-MT 1600 epochs.
+        ("magvit_ucf101_cg", None, 2000, "ucf101", 256, 74_219),
+        ("magvit_bair_mt8", None, 1600, "bair", 256, 268_750),
+    ],
+)
+def test_training_lengths_are_the_thesis_epochs(name, arg, epochs, dataset, batch_size, steps):
+    c = load_experiment(name).get_config(arg)
+    assert c.batch_size == batch_size
+    assert c.num_train_steps == config_lib.steps_for_epochs(epochs, dataset, batch_size) == steps
+
+
+def test_steps_for_epochs_counts_the_thesis_training_videos():
+    # 6.5.6: 384K K600, 9.5K UCF-101, 43K BAIR, 169K SSv2 training videos.
+    assert config_lib.steps_for_epochs(1, "k600", 384) == 1000
+    assert config_lib.steps_for_epochs(2, "ucf101", 1000) == 19
+    assert config_lib.steps_for_epochs(1, "bair", 43) == 1000
+    assert config_lib.steps_for_epochs(1, "ssv2", 169) == 1000
+    with pytest.raises(ValueError, match="'imagenet'.*TRAIN_VIDEOS"):
+        config_lib.steps_for_epochs(1, "imagenet", 256)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from videogen.data import pipeline
-from videogen.evaluation import evaluator
+from videogen.evaluation import evaluator, protocols
 from videogen.evaluation.frechet import RankDeficientCovarianceWarning
 
 
 def test_presets_hold_the_thesis_protocols():
-    k600 = evaluator.protocol_config("k600_fp")
+    k600 = protocols.protocol_config("k600_fp")
     assert (k600.num_samples, k600.num_repeats, k600.num_frames, k600.resolution) == (
         50_000,
         4,
@@ -21,15 +21,15 @@ def test_presets_hold_the_thesis_protocols():
         64,
     )
     assert (k600.real_temporal_windows, k600.real_spatial_crops) == (2, 3)
-    assert evaluator.protocol_config("ucf101_cg").num_samples == 10_000
-    assert evaluator.protocol_config("bair_fp").num_samples == 25_600
-    overridden = evaluator.protocol_config("k600_fp", num_samples=128)
+    assert protocols.protocol_config("ucf101_cg").num_samples == 10_000
+    assert protocols.protocol_config("bair_fp").num_samples == 25_600
+    overridden = protocols.protocol_config("k600_fp", num_samples=128)
     assert overridden.num_samples == 128 and overridden.num_repeats == 4
-    assert evaluator.protocol_config("").num_samples == 0  # disabled
+    assert protocols.protocol_config("").num_samples == 0  # disabled
     with pytest.raises(ValueError, match="unknown evaluation preset 'k700'"):
-        evaluator.protocol_config("k700")
+        protocols.protocol_config("k700")
     with pytest.raises(ValueError, match=r"unknown protocol fields \['samples'\]"):
-        evaluator.protocol_config("k600_fp", samples=3)
+        protocols.protocol_config("k600_fp", samples=3)
 
 
 def test_folds_split_batches_without_losing_or_repeating_rows():
@@ -43,7 +43,7 @@ def test_folds_split_batches_without_losing_or_repeating_rows():
 
 
 def _evaluator(tmp_path, **overrides):
-    protocol = evaluator.protocol_config("quickstart", **overrides)
+    protocol = protocols.protocol_config("quickstart", **overrides)
     return evaluator.FrechetEvaluator(protocol, str(tmp_path), mesh=None)
 
 

@@ -71,3 +71,12 @@ def test_trainer_table_names_every_trainer_and_refuses_others():
         match=r"'tokeniser'.*available: \['audio_tokenizer', 'maskgit', 'stages', 'tokenizer'\]",
     ):
         trainers.trainer_module("tokeniser")
+
+
+def test_clip_means_average_per_clip_sums_and_name_an_empty_dataset():
+    assert loop.clip_means("digits", {"psnr": 60.0, "ssim": 2.4}, 3, 8) == {
+        "eval/digits/psnr": 20.0,
+        "eval/digits/ssim": pytest.approx(0.8),
+    }
+    with pytest.raises(ValueError, match=r"'digits' yielded no full batch of 8; lower"):
+        loop.clip_means("digits", {"psnr": 0.0}, 0, 8)

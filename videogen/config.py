@@ -128,6 +128,23 @@ DEFAULT_SHARDING_RULES = (
 )
 
 
+# Training videos per dataset as the thesis counts them (6.5.6; "384K" for Kinetics-600,
+# "9.5K" for UCF-101, "43K" for BAIR, "169K" for SSv2): an epoch, the unit of its training
+# lengths (Tables 3.1 and 6.10, 5.4.1, 5.4.2), is one clip of each.
+TRAIN_VIDEOS = {"k600": 384_000, "ucf101": 9_500, "bair": 43_000, "ssv2": 169_000}
+
+
+def steps_for_epochs(epochs: float, dataset: str, batch_size: int) -> int:
+    """Training steps for `epochs` passes over `dataset`'s training videos at `batch_size`
+    (nearest step). The steps do not follow a later change of the batch size."""
+    if dataset not in TRAIN_VIDEOS:
+        raise ValueError(
+            f"no training-set size for dataset {dataset!r}; known: {sorted(TRAIN_VIDEOS)}. "
+            "Add its video count, with its source, to config.TRAIN_VIDEOS."
+        )
+    return round(epochs * TRAIN_VIDEOS[dataset] / batch_size)
+
+
 def data_config() -> ml_collections.ConfigDict:
     """The `data` block: a dataset spec (videogen/data/sources.py) and the clip shape,
     17 x 128 x 128 as in the thesis' Kinetics-600 set-ups."""
@@ -141,6 +158,35 @@ def data_config() -> ml_collections.ConfigDict:
             worker_count=0,
             # Appended to a "data not found" error: where the data must be, and what to run instead.
             missing_hint="",
+        )
+    )
+
+
+def add_run_settings(c: ml_collections.ConfigDict) -> None:
+    """The settings every run has: mesh and sharding rules, checkpoints, log interval."""
+    c.mesh = mesh_config()
+    c.sharding_rules = DEFAULT_SHARDING_RULES
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+    c.log_every_steps = 50
+
+
+def reconstruction_eval_config(
+    datasets: tuple[str, ...], *, num_examples: int, grid_examples: int
+) -> ml_collections.ConfigDict:
+    """The `eval` block of a tokenizer (video or audio): held-out reconstructions of each
+    dataset spec in `datasets`, every 10,000 steps and at the end, `grid_examples` of them
+    written to samples/."""
+    return ml_collections.ConfigDict(
+        dict(
+            datasets=datasets,  # dataset specs (videogen/data/sources.py), each on its own
+            # Folder/data_dir of the held-out split when it differs from data.path.
+            path="",
+            num_examples=num_examples,
+            batch_size=32,
+            every_steps=optional(10_000),  # None: evaluate only at the end
+            at_end=True,
+            grid_examples=grid_examples,
+            fps=8,
         )
     )
 
@@ -175,7 +221,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict(dict(image_workdir="", inflation="auto"))
     c.data = data_config()
     c.batch_size = 256
-    c.num_train_steps = 500_000  # not in the thesis
+    c.num_train_steps = steps_for_epochs(190, "k600", c.batch_size)  # 5.4.1: 285,000 steps
     c.loss = ml_collections.ConfigDict(
         dict(
             reconstruction_weight=5.0,
@@ -203,34 +249,19 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     # The discriminator's Adam: the generator's settings (the thesis names one optimizer).
     c.discriminator_optimizer = adam_config(peak_lr=1e-4, warmup_steps=5000, b1=0.0, b2=0.99)
     c.ema_decay = 0.999
-    c.mesh = mesh_config()
-    c.sharding_rules = DEFAULT_SHARDING_RULES
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
-    c.log_every_steps = 50
-    c.eval = ml_collections.ConfigDict(
-        dict(
-            # Dataset specs (videogen/data/sources.py), each evaluated on its own.
-            datasets=("video_folder",),
-            # Folder/data_dir of the held-out split when it differs from data.path.
-            path="",
-            num_examples=1024,
-            batch_size=32,
-            every_steps=optional(10_000),  # None: evaluate only at the end
-            at_end=True,
-            grid_examples=8,
-            fps=8,
-        )
-    )
+    add_run_settings(c)
+    c.eval = reconstruction_eval_config(("video_folder",), num_examples=1024, grid_examples=8)
     # rFVD of the reconstructions of all held-out clips (one fold), at the clip size.
-    c.eval.frechet = reconstruction_frechet(c, "", network="i3d", num_samples=1024)
+    c.eval.frechet = clip_frechet(c, "", network="i3d", num_samples=1024)
     return c
 
 
-def reconstruction_frechet(
+def clip_frechet(
     c: ml_collections.ConfigDict, preset: str = "", **overrides
 ) -> ml_collections.ConfigDict:
-    """`eval.frechet` for a tokenizer: the protocol's clips are the training clips' frames
-    and resolution, referenced from `c.data` so they are written once and follow it."""
+    """`eval.frechet` over the run's own clips (a tokenizer's reconstructions, a generator
+    of whole clips): frames and resolution are referenced from `c.data`, so they are
+    written once and follow it."""
     return protocols.protocol_config(
         preset,
         num_frames=c.data.get_ref("num_frames"),
@@ -303,22 +334,8 @@ def audio_tokenizer_config() -> ml_collections.ConfigDict:
     # SoundStream's Adam (b1 0.5, b2 0.9, lr 1e-4); warm-up ours.
     c.optimizer = adam_config(peak_lr=1e-4, warmup_steps=1000, b1=0.5, b2=0.9)
     c.discriminator_optimizer = adam_config(peak_lr=1e-4, warmup_steps=1000, b1=0.5, b2=0.9)
-    c.mesh = mesh_config()
-    c.sharding_rules = DEFAULT_SHARDING_RULES
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
-    c.log_every_steps = 50
-    c.eval = ml_collections.ConfigDict(
-        dict(
-            datasets=("moving_digits",),
-            path="",
-            num_examples=256,
-            batch_size=32,
-            every_steps=optional(10_000),  # None: evaluate only at the end
-            at_end=True,
-            grid_examples=4,  # clips written as WAV + spectrogram per evaluation
-            fps=8,
-        )
-    )
+    add_run_settings(c)
+    c.eval = reconstruction_eval_config(("moving_digits",), num_examples=256, grid_examples=4)
     return c
 
 
@@ -344,12 +361,13 @@ def maskgit_config() -> ml_collections.ConfigDict:
     )
     c.model = ml_collections.ConfigDict(
         dict(
-            # Table 6.1 variant ("B", "L", "H"), or "" to give the four sizes below.
+            # Table 6.1 variant ("B", "L", "H"), or "" to give the four sizes below
+            # (None: unset, as they must be with a variant).
             size="L",  # ~300M parameters, the MLM of 5.4.2
-            hidden_size=0,
-            num_layers=0,
-            num_heads=0,
-            mlp_dim=0,
+            hidden_size=optional(None, int),
+            num_layers=optional(None, int),
+            num_heads=optional(None, int),
+            mlp_dim=optional(None, int),
             num_factors=2,  # 2^18 -> two sub-vocabularies of 2^9 (5.3.2, 5.4.2)
             dropout_rate=0.1,
             attention_dropout_rate=0.1,
@@ -393,16 +411,12 @@ def maskgit_config() -> ml_collections.ConfigDict:
         dict(num_examples=10_000, batch_size=32, before_training=False)
     )
     c.batch_size = 256
-    # 360 epochs of the 384K K600 training videos at batch 256 (5.4.2).
-    c.num_train_steps = 540_000
+    c.num_train_steps = steps_for_epochs(360, "k600", c.batch_size)  # 5.4.2: 540,000 steps
     # Warm-up length: not in the thesis ("linear warm up").
     c.optimizer = adam_config(
         peak_lr=1e-4, warmup_steps=5000, b1=0.9, b2=0.96, weight_decay=0.045, grad_clip_norm=1.0
     )
-    c.mesh = mesh_config()
-    c.sharding_rules = DEFAULT_SHARDING_RULES
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
-    c.log_every_steps = 50
+    add_run_settings(c)
     # Algorithm 1; 6.5.6's default is cosine, 12 steps, temperature 4.5; 5.4.2 uses 32.
     c.decoding = ml_collections.ConfigDict(
         dict(
@@ -471,6 +485,4 @@ def maskgit_runlocal(c: ml_collections.ConfigDict, *, tokenizer: str = "magvit2"
     c.log_every_steps = 50
     c.eval.update(dataset="moving_digits", path="", num_examples=64, batch_size=8)
     c.eval.update(every_steps=1000, grid_examples=8)
-    c.eval.frechet = protocols.protocol_config(
-        "quickstart", num_samples=64, num_frames=c.data.get_ref("num_frames")
-    )
+    c.eval.frechet = clip_frechet(c, "quickstart", num_samples=64)

@@ -168,11 +168,8 @@ def make_step(
     config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, state_shardings: nnx.State, mesh
 ) -> loop.StepFn:
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
-    jitted = jax.jit(
-        functools.partial(train_step, graphdef, config, schedule),
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
+    jitted = loop.jit_step(
+        functools.partial(train_step, graphdef, config, schedule), state_shardings, mesh
     )
     return lambda state, batch, step: jitted(state, batch)
 
@@ -265,13 +262,7 @@ class AudioEvaluator:
                 if count == 0 and jax.process_index() == 0:
                     audio[name] = loop.AudioPairs(target, recon, rate)
                 count += len(clips)
-            if count == 0:
-                raise ValueError(
-                    f"eval dataset {name!r} yielded no full batch of "
-                    f"{self.config.eval.batch_size}; lower config.eval.batch_size."
-                )
-            for key, total in totals.items():
-                results[f"eval/{name}/{key}"] = total / count
+            results.update(loop.clip_means(name, totals, count, self.config.eval.batch_size))
             results[f"eval/{name}/si_snr_gain_over_baseline"] = (
                 results[f"eval/{name}/si_snr"] - results[f"eval/{name}/baseline_si_snr"]
             )
@@ -293,7 +284,7 @@ def make_trainer(config: ml_collections.ConfigDict, workdir: str) -> loop.Traine
         make_evaluator=lambda graphdef, shardings, mesh: AudioEvaluator(
             config, graphdef, shardings, mesh
         ),
-        outputs="input | reconstruction WAV files and spectrograms",
+        outputs="input | reconstruction WAV files and spectrogram PNGs",
     )
 
 

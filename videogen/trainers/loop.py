@@ -69,7 +69,7 @@ class Trainer:
     # (graphdef, state shardings, mesh) -> the step and the evaluator of that state.
     make_step: Callable[[nnx.GraphDef, nnx.State, Mesh], StepFn]
     make_evaluator: Callable[[nnx.GraphDef, nnx.State, Mesh], Evaluator]
-    outputs: str  # what samples/ holds, for the summary
+    outputs: str  # what samples/ holds, for the summary (e.g. "input | reconstruction grids")
     # Replaces a fresh state before step 1 (e.g. inflation from an image run).
     init_fresh: Callable[[nnx.GraphDef, nnx.State, nnx.State], nnx.State] | None = None
     check_batch: Callable[[dict[str, np.ndarray]], None] | None = None  # host-side checks
@@ -213,6 +213,38 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+def jit_step(
+    step: Callable[..., tuple[nnx.State, Metrics]],
+    state_shardings: nnx.State,
+    mesh: Mesh,
+    *,
+    frozen_args: int = 0,
+) -> Callable[..., tuple[nnx.State, Metrics]]:
+    """`step(state, *frozen, batch) -> (state, metrics)` jitted the one way every trainer's is:
+    the state sharded by its shardings and donated, `frozen_args` frozen inputs (LPIPS, a
+    frozen tokenizer) replicated, the batch split over the data axes, metrics replicated."""
+    replicated = sharding.replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, *[replicated] * frozen_args, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+
+
+def clip_means(
+    name: str, totals: Mapping[str, float], count: int, batch_size: int
+) -> dict[str, float]:
+    """`eval/<name>/<key>`: the per-clip mean of each metric summed over `count` held-out
+    clips; an error naming the fix when the dataset gave no full batch."""
+    if count == 0:
+        raise ValueError(
+            f"eval dataset {name!r} yielded no full batch of {batch_size}; lower "
+            "config.eval.batch_size."
+        )
+    return {f"eval/{name}/{key}": total / count for key, total in totals.items()}
+
+
 def check_finite(metrics: Mapping[str, float], step: int) -> None:
     """Stops training on a NaN/Inf metric, naming the step and the metric."""
     for name, value in metrics.items():
@@ -315,7 +347,7 @@ def print_summary(
         return
     print(
         f"videogen: step {step}/{config.num_train_steps}. Outputs in {os.path.abspath(workdir)}: "
-        f"checkpoints/, samples/ ({outputs}, GIF and MP4), eval_step*.json, "
+        f"checkpoints/, samples/ ({outputs}), eval_step*.json, "
         f"TensorBoard events (tensorboard --logdir {workdir})."
     )
     for key, value in sorted(eval_metrics.items()):

@@ -51,13 +51,13 @@ def model_sizes(model: ml_collections.ConfigDict) -> dict[str, int]:
                 f"config.model.size={model.size!r}; use one of {sorted(MAGVIT_SIZES)} "
                 "(Table 6.1) or '' with explicit hidden_size/num_layers/num_heads/mlp_dim."
             )
-        if any(explicit.values()):
+        if any(v is not None for v in explicit.values()):
             raise ValueError(
                 f"config.model.size={model.size!r} and explicit sizes {explicit} are both set; "
-                "set size='' to use the explicit sizes, or zero them."
+                "set size='' to use the explicit sizes, or unset them (None)."
             )
         return dict(MAGVIT_SIZES[model.size])
-    if not all(v > 0 for v in explicit.values()):
+    if not all(v is not None and v > 0 for v in explicit.values()):
         raise ValueError(
             f"config.model.size='' needs positive explicit sizes, got {explicit}; or set size "
             f"to one of {sorted(MAGVIT_SIZES)}."
@@ -260,7 +260,7 @@ class Stage2:
             fields=self.fields,
             make_step=self.make_step,
             make_evaluator=self.make_evaluator,
-            outputs="condition | sample | ground truth grids per task",
+            outputs="condition | sample | ground truth grids per task, GIF and MP4",
             check_batch=lambda batch: check_labels(batch["label"], self.setup),
             host_metrics=drop_empty_groups,
         )
@@ -278,17 +278,13 @@ class Stage2:
     def make_step(self, graphdef: nnx.GraphDef, state_shardings: nnx.State, mesh) -> loop.StepFn:
         config = self.config
         schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
-        jitted = jax.jit(
+        jitted = loop.jit_step(
             functools.partial(
                 train_step, graphdef, self.tokenizer_graphdef, self.setup, config, schedule
             ),
-            in_shardings=(
-                state_shardings,
-                sharding.replicated(mesh),
-                sharding.batch_sharding(mesh),
-            ),
-            out_shardings=(state_shardings, sharding.replicated(mesh)),
-            donate_argnums=0,
+            state_shardings,
+            mesh,
+            frozen_args=1,
         )
         tokenizer_state = self.replicated_tokenizer(mesh)
         return lambda state, batch, step: jitted(state, tokenizer_state, batch)

@@ -448,14 +448,9 @@ class ReconstructionEvaluator:
                 for key, value in self.frechet(real_stats, folds.fold).items():
                     results[f"eval/{name}/r{key}"] = value
             folds.drain()  # the clips the Frechet folds did not need still count
-            count = progress["count"]
-            if count == 0:
-                raise ValueError(
-                    f"eval dataset {name!r} yielded no full batch of "
-                    f"{self.config.eval.batch_size}; lower config.eval.batch_size."
-                )
-            for key, total in totals.items():
-                results[f"eval/{name}/{key}"] = total / count
+            results.update(
+                loop.clip_means(name, totals, progress["count"], self.config.eval.batch_size)
+            )
             results[f"eval/{name}/psnr_gain_over_baseline"] = (
                 results[f"eval/{name}/psnr"] - results[f"eval/{name}/baseline_psnr"]
             )
@@ -517,15 +512,11 @@ def make_step(
         nnx.split(lpips.load_lpips()) if config.loss.perceptual_weight > 0 else (None, None)
     )
     jitted_steps = {
-        adversarial: jax.jit(
+        adversarial: loop.jit_step(
             functools.partial(train_step, graphdef, lpips_graphdef, config, schedule, adversarial),
-            in_shardings=(
-                state_shardings,
-                sharding.replicated(mesh),
-                sharding.batch_sharding(mesh),
-            ),
-            out_shardings=(state_shardings, sharding.replicated(mesh)),
-            donate_argnums=0,
+            state_shardings,
+            mesh,
+            frozen_args=1,
         )
         for adversarial in (False, True)
     }
@@ -547,7 +538,7 @@ def make_trainer(config: ml_collections.ConfigDict, workdir: str) -> loop.Traine
         make_evaluator=lambda graphdef, shardings, mesh: ReconstructionEvaluator(
             config, graphdef, shardings, mesh, workdir
         ),
-        outputs="input | reconstruction grids",
+        outputs="input | reconstruction grids, GIF and MP4",
         init_fresh=(
             functools.partial(inflate_from_image_run, config) if config.init.image_workdir else None
         ),
