@@ -34,10 +34,8 @@ AUDIO_TINY = {
 }
 
 
-def tiny_audio(arg=None, **extra):
-    return configure(
-        load_experiment("quickstart_audio").get_config(arg), **{**AUDIO_TINY, **extra}
-    )
+def tiny_audio(name="quickstart_audio", arg=None, **extra):
+    return configure(load_experiment(name).get_config(arg), **{**AUDIO_TINY, **extra})
 
 
 def leaves(state):
@@ -49,9 +47,12 @@ def leaves(state):
     return out
 
 
-@pytest.mark.parametrize("gan", [False, True])
-def test_both_recipes_train_and_report_against_the_mu_law_baseline(tmp_path, gan):
-    config = tiny_audio("gan=true" if gan else None)
+@pytest.mark.parametrize(
+    "name,gan", [("quickstart_audio", False), ("audio_tokenizer", True)]  # GAN on by default
+)
+def test_both_experiments_train_and_report_against_the_mu_law_baseline(tmp_path, name, gan):
+    config = tiny_audio(name)
+    assert audio_tokenizer.uses_gan(config) == gan
     result = videogen_main.run(config, str(tmp_path))
     assert result.step == 2
     logged = result.history[-1]
