@@ -2,11 +2,10 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
+from train_states import leaves
 from tiny_configs import configure, load_experiment
 from videogen import main as videogen_main
 from videogen.data import moving_digits
@@ -38,17 +37,9 @@ def tiny_audio(name="quickstart_audio", arg=None, **extra):
     return configure(load_experiment(name).get_config(arg), **{**AUDIO_TINY, **extra})
 
 
-def leaves(state):
-    out = []
-    for x in jax.tree.leaves(nnx.to_pure_dict(state)):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
-        out.append(np.asarray(jax.device_get(x)))
-    return out
-
-
 @pytest.mark.parametrize(
-    "name,gan", [("quickstart_audio", False), ("audio_tokenizer", True)]  # GAN on by default
+    "name,gan",
+    [("quickstart_audio", False), ("audio_tokenizer", True)],  # GAN on by default
 )
 def test_both_experiments_train_and_report_against_the_mu_law_baseline(tmp_path, name, gan):
     config = tiny_audio(name)

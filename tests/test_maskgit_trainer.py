@@ -13,6 +13,7 @@ import optax
 import pytest
 from flax import nnx
 from PIL import Image
+from train_states import leaves
 from tiny_configs import ROOT, configure, load_experiment, tiny_maskgit
 
 from videogen import main as videogen_main
@@ -25,16 +26,6 @@ from videogen.tasks import commit_tokens
 from videogen.trainers import frozen_tokenizer, loop, maskgit_generation
 
 EXPERIMENTS = ("magvit2_k600_fp", "magvit_ucf101_cg", "magvit_bair_mt8")
-
-
-def leaves(state):
-    """Host arrays of every state leaf; PRNG keys as their raw key data."""
-    out = []
-    for x in jax.tree.leaves(nnx.to_pure_dict(state)):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
-        out.append(np.asarray(jax.device_get(x)))
-    return out
 
 
 def test_configs_are_the_thesis_recipe():
