@@ -1,0 +1,311 @@
+"""Autoregressive decoding of the VideoPoet prefix LM with a KV cache (thesis Sec. 8.3, 8.4.5).
+
+`sample` fills the output positions of a `LayoutBatch` (one task per call): it
+prefills the prefix in one model call, then draws one token per step, all inside one
+jitted `lax.scan`, so the model is traced and compiled once per (task layout, batch
+shape). Each draw:
+
+1. classifier-free guidance (optional): the batch runs beside a second, condition-
+   dropped one (e.g. `videopoet_layout.drop_text`), both fed the same drawn tokens, and
+   ``logits = uncond + scale * (cond - uncond)`` (scale 1: conditional, 0: unconditional);
+2. the segment constraint: ids outside ``next_range`` of the position (the visual
+   factor's or audio level's range, or the one closing special token) get -inf, so a
+   sample is always a well-formed sequence;
+3. temperature (0: argmax), top-k (0: off), then top-p (nucleus, 1: off) on the
+   tempered distribution;
+4. a categorical draw with the key ``fold_in(key, position)``.
+
+`generate_long_video` (Sec. 8.4.5) extends a clip by frame prediction conditioned on
+its last latent frames; `chain_tasks` (Sec. 8.4.5, "task chaining") feeds one task's
+outputs into the next task's inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from videogen.models.prefix_lm import PrefixLM
+from videogen.tasks.videopoet_layout import (
+    LayoutBatch,
+    SequenceLayout,
+    TaskInputs,
+    TaskOutputs,
+    drop_text,
+)
+
+
+def guided_logits(
+    cond: Float[Array, "b v"], uncond: Float[Array, "b v"], scale: Float[Array, ""] | float
+) -> Float[Array, "b v"]:
+    """Classifier-free guidance: ``uncond + scale * (cond - uncond)``."""
+    return uncond + scale * (cond - uncond)
+
+
+def filter_logits(
+    logits: Float[Array, "b v"],
+    allowed: Int[Array, "b 2"],
+    *,
+    temperature: Float[Array, ""] | float,
+    top_k: Int[Array, ""] | int,
+    top_p: Float[Array, ""] | float,
+) -> Float[Array, "b v"]:
+    """Logits restricted to ids in ``[allowed[:, 0], allowed[:, 1])``, divided by the
+    temperature (unless 0), then to the ``top_k`` largest (ties kept; 0 = all), then to the
+    smallest set of largest logits whose probability reaches ``top_p``; -inf elsewhere.
+
+    Every argument may be traced, so one compiled sampler serves all settings.
+    """
+    ids = jnp.arange(logits.shape[-1])
+    inside = (ids >= allowed[:, :1]) & (ids < allowed[:, 1:])
+    logits = jnp.where(inside, logits.astype(jnp.float32), -jnp.inf)
+    logits = logits / jnp.where(temperature > 0, temperature, 1.0)
+    ranked = -jnp.sort(-logits, axis=-1)
+    kth = jnp.take(ranked, jnp.clip(top_k - 1, 0, logits.shape[-1] - 1), axis=-1)
+    kth = jnp.where(top_k > 0, kth, -jnp.inf)[:, None]
+    logits = jnp.where(logits >= kth, logits, -jnp.inf)
+    ranked = jnp.where(ranked >= kth, ranked, -jnp.inf)
+    probs = jax.nn.softmax(ranked, axis=-1)
+    # A token stays if the tokens ranked above it hold less than top_p; the first always does.
+    kept = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < top_p, axis=-1, keepdims=True)
+    threshold = jnp.take_along_axis(ranked, jnp.maximum(kept, 1) - 1, axis=-1)
+    return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def sample_token(
+    key: Array,
+    logits: Float[Array, "b v"],
+    allowed: Int[Array, "b 2"],
+    *,
+    temperature: Float[Array, ""] | float,
+    top_k: Int[Array, ""] | int,
+    top_p: Float[Array, ""] | float,
+) -> Int[Array, " b"]:
+    """One id per row from `filter_logits`; the argmax at temperature 0."""
+    filtered = filter_logits(logits, allowed, temperature=temperature, top_k=top_k, top_p=top_p)
+    drawn = jax.random.categorical(key, filtered, axis=-1)
+    return jnp.where(temperature > 0, drawn, jnp.argmax(filtered, axis=-1)).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "prefix_length", "end", "guided"))
+def _decode(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    batch: LayoutBatch,
+    key: Array,
+    temperature: Float[Array, ""],
+    top_k: Int[Array, ""],
+    top_p: Float[Array, ""],
+    guidance_scale: Float[Array, ""],
+    *,
+    prefix_length: int,
+    end: int,
+    guided: bool,
+) -> Int[Array, "b l"]:
+    """`sample`'s compiled body; with ``guided`` the batch's second half is unconditional."""
+    model: PrefixLM = nnx.merge(graphdef, state)
+    tokens = batch.tokens
+    rows = tokens.shape[0] // 2 if guided else tokens.shape[0]
+    mask = model.attention_mask(tokens, batch.prefix_length, batch.text_mask, batch.text_positions)
+    cache = model.init_cache(tokens.shape[0], tokens.shape[1])
+    logits, cache = model.prefill(
+        tokens[:, :prefix_length],
+        mask,
+        cache,
+        batch.text_embeddings,
+        batch.text_mask,
+        batch.text_positions,
+    )
+
+    def draw(tokens, logits, position):
+        if guided:
+            logits = guided_logits(logits[:rows], logits[rows:], guidance_scale)
+        token = sample_token(
+            jax.random.fold_in(key, position),
+            logits,
+            batch.next_range[:rows, position - 1],
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
+        token = jnp.concatenate([token, token]) if guided else token
+        return tokens.at[:, position].set(token), token
+
+    def step(carry, position):
+        tokens, cache, previous = carry
+        logits, cache = model.decode_step(previous, mask, cache)
+        tokens, token = draw(tokens, logits, position)
+        return (tokens, cache, token), None
+
+    tokens, first = draw(tokens, logits, prefix_length)
+    (tokens, _, _), _ = jax.lax.scan(
+        step, (tokens, cache, first), jnp.arange(prefix_length + 1, end)
+    )
+    return tokens[:rows]
+
+
+def _output_span(batch: LayoutBatch, name: str) -> tuple[int, int]:
+    """``(prefix length, end)`` shared by every row, the outputs filling ``[prefix, end)``."""
+    prefix = np.asarray(batch.prefix_length)
+    loss = np.asarray(batch.loss_mask)
+    if prefix.min() != prefix.max():
+        raise ValueError(
+            f"{name} mixes prefix lengths {sorted(set(prefix.tolist()))}; sample one task "
+            "per call (a KV cache prefills one prefix length)."
+        )
+    p = int(prefix[0])
+    end = p + int(loss[0].sum())
+    expected = np.zeros(loss.shape[1], bool)
+    expected[p:end] = True
+    if end <= p or not (loss == expected).all():
+        raise ValueError(
+            f"{name}'s loss_mask must mark the same contiguous outputs right after the "
+            "prefix in every row (one task's layout from SequenceLayout.build)."
+        )
+    return p, end
+
+
+def sample(
+    model: PrefixLM,
+    batch: LayoutBatch,
+    key: Array,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    guidance_scale: float = 1.0,
+    unconditional: LayoutBatch | None = None,
+) -> Int[Array, "b l"]:
+    """``batch.tokens`` with every output position (``batch.loss_mask``) sampled.
+
+    All rows must share one task layout. ``unconditional``: the same sequences with the
+    condition dropped (e.g. ``drop_text(batch)``), for classifier-free guidance at
+    ``guidance_scale``; without it the scale must stay 1.
+    """
+    prefix_length, end = _output_span(batch, "batch")
+    if unconditional is not None:
+        if _output_span(unconditional, "unconditional") != (prefix_length, end) or (
+            np.shape(unconditional.tokens) != np.shape(batch.tokens)
+        ):
+            raise ValueError(
+                "unconditional must have the batch's shape and output positions (the same "
+                "layout with the condition dropped, e.g. drop_text(batch))."
+            )
+        batch = LayoutBatch(*(np.concatenate([c, u]) for c, u in zip(batch, unconditional)))
+    elif guidance_scale != 1.0:
+        raise ValueError(
+            f"guidance_scale={guidance_scale} needs the unconditional sequences: pass "
+            "unconditional=drop_text(batch) (or another condition-dropped layout)."
+        )
+    graphdef, state = nnx.split(model)
+    return _decode(
+        graphdef,
+        state,
+        LayoutBatch(*(jnp.asarray(a) for a in batch)),
+        key,
+        jnp.float32(temperature),
+        jnp.int32(top_k),
+        jnp.float32(top_p),
+        jnp.float32(guidance_scale),
+        prefix_length=prefix_length,
+        end=end,
+        guided=unconditional is not None,
+    )
+
+
+def _sample_task(
+    model: PrefixLM,
+    layout: SequenceLayout,
+    task: str,
+    inputs: TaskInputs,
+    key: Array,
+    sampling: dict,
+) -> TaskOutputs:
+    """One task's outputs; guidance (``guidance_scale`` != 1) drops the text."""
+    batch = layout.build(task, inputs)
+    guided = sampling.get("guidance_scale", 1.0) != 1.0
+    tokens = sample(
+        model, batch, key, unconditional=drop_text(batch) if guided else None, **sampling
+    )
+    return layout.outputs(task, np.asarray(tokens))
+
+
+def generate_long_video(
+    model: PrefixLM,
+    layout: SequenceLayout,
+    first_clip: Int[np.ndarray, "b t h w"],
+    key: Array,
+    *,
+    num_clips: int,
+    text_embeddings: Float[np.ndarray, "b n e"] | None = None,
+    text_mask: np.ndarray | None = None,
+    condition_fn: Callable[[list[np.ndarray]], np.ndarray] | None = None,
+    **sampling,
+) -> list[Int[np.ndarray, "b t h w"]]:
+    """``first_clip`` and ``num_clips`` more clips, each predicted by the ``"fp"`` task from
+    ``layout.condition_frames`` latent frames of the clips so far (Sec. 8.4.5: "predicting
+    1-second video segments from an initial 1-second clip").
+
+    ``condition_fn(clips) -> [b, condition_frames, h, w]`` gives the next condition; the
+    default takes the last clip's last latent frames. With MAGVIT-v2's causal tokenizer,
+    latent frame 0 of a clip encodes one pixel frame alone, so the thesis' behaviour is a
+    ``condition_fn`` that decodes the clips, takes the last ``1 + 4 (c - 1)`` pixel frames
+    and tokenizes them again. Each returned clip is a whole clip whose first
+    ``condition_frames`` latent frames are its condition: decode every clip and keep the
+    frames after the condition. ``sampling``: `sample`'s keyword arguments; guidance drops
+    the text.
+    """
+    c = layout.condition_frames
+    if condition_fn is None:
+
+        def condition_fn(clips):
+            return clips[-1][:, -c:]
+
+    clips = [np.asarray(first_clip)]
+    for index in range(num_clips):
+        inputs = TaskInputs(
+            video=condition_fn(clips), text_embeddings=text_embeddings, text_mask=text_mask
+        )
+        outputs = _sample_task(
+            model, layout, "fp", inputs, jax.random.fold_in(key, index), sampling
+        )
+        clips.append(outputs.video)
+    return clips
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainStage:
+    """One stage of `chain_tasks`: a task and how its inputs follow from the previous
+    stage's outputs (None for the first stage)."""
+
+    task: str
+    inputs: Callable[[TaskOutputs | None], TaskInputs]
+
+
+def chain_tasks(
+    model: PrefixLM,
+    layout: SequenceLayout,
+    stages: Sequence[ChainStage],
+    key: Array,
+    **sampling,
+) -> list[TaskOutputs]:
+    """Runs ``stages`` in order, each on the previous one's outputs (Sec. 8.4.5: e.g.
+    image-to-video, then outpainting of the generated video); returns every stage's outputs.
+
+    A stage that reads pixels (painting's COMMIT condition tokens) does the decoding and
+    re-tokenizing in its ``inputs`` function. ``sampling``: `sample`'s keyword arguments.
+    """
+    outputs, results = None, []
+    for index, stage in enumerate(stages):
+        inputs = stage.inputs(outputs)
+        stage_key = jax.random.fold_in(key, index)
+        outputs = _sample_task(model, layout, stage.task, inputs, stage_key, sampling)
+        results.append(outputs)
+    return results
