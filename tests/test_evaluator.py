@@ -32,6 +32,29 @@ def test_presets_hold_the_thesis_protocols():
         protocols.protocol_config("k600_fp", samples=3)
 
 
+def test_thesis_presets_resize_as_the_magvit_evaluation_did():
+    """TF1 bilinear (no antialiasing: a 2x reduction keeps every other pixel) for the thesis
+    presets; the antialiased filter (neighbours averaged) is the other named choice."""
+    for preset in ("k600_fp", "ucf101_cg", "bair_fp", "ssv2"):
+        assert protocols.protocol_config(preset).resize == "tf1_bilinear", preset
+    assert protocols.protocol_config("quickstart").resize == "antialiased_linear"
+    # One 4x6 frame (values 0..23), centre-cropped to 4x4 and resized to 2x2 and 3x3.
+    frame = np.arange(24, dtype=np.uint8).reshape(1, 1, 4, 6, 1).repeat(3, axis=-1)
+    tf1 = np.asarray(evaluator.to_eval_resolution(frame, 2, "tf1_bilinear"))[0, 0, ..., 0]
+    np.testing.assert_array_equal(
+        tf1, [[1.0, 3.0], [13.0, 15.0]]
+    )  # crop's pixels (0, 0), (0, 2), ...
+    # Antialiased: a triangle filter twice as wide, renormalised at the border, so each
+    # output mixes 3 input rows and columns with weights (3, 3, 1) / 7.
+    smooth = np.asarray(evaluator.to_eval_resolution(frame, 2, "antialiased_linear"))
+    np.testing.assert_allclose(smooth[0, 0, ..., 0], [[6.0, 53 / 7], [108 / 7, 17.0]], atol=1e-4)
+    # 4 -> 3: output i samples input 4i/3 between its two neighbours.
+    tf1 = np.asarray(evaluator.to_eval_resolution(frame, 3, "tf1_bilinear"))[0, 0, 0, :, 0]
+    np.testing.assert_allclose(tf1, [1.0, 1.0 + 4 / 3, 1.0 + 8 / 3], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown resize method 'cubic'"):
+        evaluator.to_eval_resolution(frame, 2, "cubic")
+
+
 def test_folds_split_batches_without_losing_or_repeating_rows():
     batches = [np.arange(i * 3, i * 3 + 3)[:, None] for i in range(4)]  # rows 0..11 in 3s
     folds = evaluator.FoldedStream(batches, rows=5)

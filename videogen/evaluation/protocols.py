@@ -27,6 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         real_split="eval",
         real_temporal_windows=2,
         real_spatial_crops=3,
+        resize="tf1_bilinear",  # as the MAGVIT evaluation code resized
     ),
     "ucf101_cg": dict(
         network="i3d",
@@ -37,6 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         real_split="train",  # random clips of the training videos
         real_temporal_windows=1,
         real_spatial_crops=1,
+        resize="tf1_bilinear",  # as the MAGVIT evaluation code resized
     ),
     "bair_fp": dict(
         network="i3d",
@@ -47,6 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         real_split="eval",  # the first 16-frame clip of each evaluation video
         real_temporal_windows=1,
         real_spatial_crops=1,
+        resize="tf1_bilinear",  # as the MAGVIT evaluation code resized
     ),
     "ssv2": dict(
         network="i3d",
@@ -57,6 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         real_split="eval",
         real_temporal_windows=2,
         real_spatial_crops=1,
+        resize="tf1_bilinear",  # as the MAGVIT evaluation code resized
     ),
     # The embedded data: small N (the I3D logits are 400-d, so the covariance is
     # rank-deficient and the distance noisy), one repeat; for relative
@@ -106,6 +110,10 @@ def protocol_config(preset: str = "", **overrides: Any) -> ml_collections.Config
         real_num_examples=ml_collections.FieldReference(None, field_type=int),
         real_temporal_windows=1,
         real_spatial_crops=1,
+        # The resize to `resolution` (evaluation/resize.py): "tf1_bilinear" (no
+        # antialiasing, as TF1's resize_bilinear in the MAGVIT and FVD code) or
+        # "antialiased_linear". The thesis presets use the former, to be comparable.
+        resize="antialiased_linear",
         batch_size=8,
     )
     fields.update(PRESETS.get(preset, {}))
