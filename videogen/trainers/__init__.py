@@ -10,6 +10,7 @@ TRAINERS = {
     "tokenizer": "videogen.trainers.tokenizer",  # MAGVIT-v2 / 3D-VQ video tokenizers
     "audio_tokenizer": "videogen.trainers.audio_tokenizer",  # VideoPoet's SoundStream codec
     "maskgit": "videogen.trainers.maskgit",  # MAGVIT's COMMIT transformer on frozen tokens
+    "videopoet": "videogen.trainers.videopoet",  # VideoPoet's prefix LM over text/video/audio
     "stages": "videogen.trainers.stages",  # several trainers in order (the quickstart)
 }
 
