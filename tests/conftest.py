@@ -6,7 +6,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite's programs are tiny and each runs a few times, so XLA's compile time, not
 # run time, is what the suite waits for: without LLVM's optimisation passes the tiny
-# GAN train step compiles 2.3x faster (benchmarks/compile_time.py, BUILD_NOTES.md);
+# GAN train step compiles 2.1x faster (benchmarks/compile_time.py, BUILD_NOTES.md);
 # results stay within the tests' float tolerances.
 _FLAGS = (
     "--xla_force_host_platform_device_count=8",
