@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from videogen import config as config_lib
@@ -174,3 +175,21 @@ def test_steps_for_epochs_counts_the_thesis_training_videos():
     assert config_lib.steps_for_epochs(1, "ssv2", 169) == 1000
     with pytest.raises(ValueError, match="'imagenet'.*TRAIN_VIDEOS"):
         config_lib.steps_for_epochs(1, "imagenet", 256)
+
+
+def test_transformer_sizes_come_from_the_table_or_explicit_keys():
+    table = {"B": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "mlp_dim": 3072}}
+    unset = dict(hidden_size=None, num_layers=None, num_heads=None, mlp_dim=None)
+    model = ml_collections.ConfigDict(dict(size="B", **unset))
+    assert config_lib.transformer_sizes(model, table, "Table 6.1") == table["B"]
+    model.size = "XL"
+    with pytest.raises(ValueError, match=r"size='XL'; use one of \['B'\] \(Table 6.1\)"):
+        config_lib.transformer_sizes(model, table, "Table 6.1")
+    model.size, model.hidden_size = "B", 64
+    with pytest.raises(ValueError, match="both set"):
+        config_lib.transformer_sizes(model, table, "Table 6.1")
+    model.size = ""
+    with pytest.raises(ValueError, match="needs positive explicit sizes"):
+        config_lib.transformer_sizes(model, table, "Table 6.1")
+    model.update(num_layers=2, num_heads=2, mlp_dim=128)
+    assert config_lib.transformer_sizes(model, table, "Table 6.1")["mlp_dim"] == 128

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import types
+from collections.abc import Mapping
 
 import ml_collections
 
@@ -97,6 +98,32 @@ def adam_config(
             grad_clip_norm=optional(grad_clip_norm, float),  # None: no clipping
         )
     )
+
+
+def transformer_sizes(
+    model: ml_collections.ConfigDict, table: Mapping[str, Mapping[str, int]], source: str
+) -> dict[str, int]:
+    """hidden_size, num_layers, num_heads, mlp_dim of `model`: `table[model.size]`, or the
+    explicit sizes when size is ''. `source` names the table in errors (e.g. "Table 6.1")."""
+    explicit = {k: model[k] for k in ("hidden_size", "num_layers", "num_heads", "mlp_dim")}
+    if model.size:
+        if model.size not in table:
+            raise ValueError(
+                f"config.model.size={model.size!r}; use one of {sorted(table)} ({source}) or '' "
+                "with explicit hidden_size/num_layers/num_heads/mlp_dim."
+            )
+        if any(v is not None for v in explicit.values()):
+            raise ValueError(
+                f"config.model.size={model.size!r} and explicit sizes {explicit} are both set; "
+                "set size='' to use the explicit sizes, or unset them (None)."
+            )
+        return dict(table[model.size])
+    if not all(v is not None and v > 0 for v in explicit.values()):
+        raise ValueError(
+            f"config.model.size='' needs positive explicit sizes, got {explicit}; or set size "
+            f"to one of {sorted(table)}."
+        )
+    return explicit
 
 
 def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:

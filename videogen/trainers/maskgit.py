@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from videogen import config as config_lib
 from videogen import optim, sharding
 from videogen.data import sources, token_files
 from videogen.evaluation import video_grid
@@ -44,25 +45,7 @@ from videogen.trainers.maskgit_generation import GenerationEvaluator
 
 def model_sizes(model: ml_collections.ConfigDict) -> dict[str, int]:
     """hidden_size, num_layers, num_heads, mlp_dim: a Table 6.1 variant or the explicit sizes."""
-    explicit = {k: model[k] for k in ("hidden_size", "num_layers", "num_heads", "mlp_dim")}
-    if model.size:
-        if model.size not in MAGVIT_SIZES:
-            raise ValueError(
-                f"config.model.size={model.size!r}; use one of {sorted(MAGVIT_SIZES)} "
-                "(Table 6.1) or '' with explicit hidden_size/num_layers/num_heads/mlp_dim."
-            )
-        if any(v is not None for v in explicit.values()):
-            raise ValueError(
-                f"config.model.size={model.size!r} and explicit sizes {explicit} are both set; "
-                "set size='' to use the explicit sizes, or unset them (None)."
-            )
-        return dict(MAGVIT_SIZES[model.size])
-    if not all(v is not None and v > 0 for v in explicit.values()):
-        raise ValueError(
-            f"config.model.size='' needs positive explicit sizes, got {explicit}; or set size "
-            f"to one of {sorted(MAGVIT_SIZES)}."
-        )
-    return explicit
+    return config_lib.transformer_sizes(model, MAGVIT_SIZES, "Table 6.1")
 
 
 def build_model(config: ml_collections.ConfigDict, setup: CommitSetup) -> MaskedVideoTransformer:
