@@ -68,7 +68,7 @@ def test_trainer_table_names_every_trainer_and_refuses_others():
         assert callable(module.train_and_evaluate) and callable(module.evaluate_checkpoint)
     with pytest.raises(
         ValueError,
-        match=r"'tokeniser'.*available: \['audio_tokenizer', 'maskgit', 'stages', 'tokenizer'\]",
+        match=r"'tokeniser'.*available: \['audio_tokenizer', 'maskgit', 'stages', 'tokenizer', 'videopoet'\]",
     ):
         trainers.trainer_module("tokeniser")
 

@@ -10,6 +10,7 @@ evaluation report (JSON, TensorBoard, grids) and the summary printed at the end.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -30,6 +31,9 @@ from jax.sharding import Mesh
 from videogen import checkpoint, sharding
 from videogen.data import pipeline
 from videogen.evaluation import audio_grid, video_grid
+
+# Train steps the host may dispatch before waiting for the oldest (see train_and_evaluate).
+MAX_STEPS_IN_FLIGHT = 2
 
 Metrics = dict[str, jax.Array]
 # (state, host batch, step before the update) -> (state, metrics); the batch is sharded.
@@ -395,12 +399,19 @@ def train_and_evaluate(
 
     with checkpoint.PreemptionGuard() as guard:
         first = True
+        in_flight = collections.deque()
         while step < end:
             batch = next(run.train_iter)
             if trainer.check_batch is not None:
                 trainer.check_batch(batch)
             state, metrics = step_fn(state, sharding.shard_batch(dict(batch), run.mesh), step)
             step += 1
+            # Bound how far the host runs ahead of the devices: with every step queued up
+            # to the next log step, a SIGTERM (polled below) would wait for all of them,
+            # minutes on a slow machine, before the save. Two in flight keep the devices fed.
+            in_flight.append(metrics)
+            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+                jax.block_until_ready(in_flight.popleft())
             if first:
                 # The first step compiles; the rates start once it has finished.
                 jax.block_until_ready(metrics)
