@@ -40,6 +40,7 @@ from videogen.tasks.commit_tokens import (
     target_as_condition,
 )
 from videogen.trainers import frozen_tokenizer, loop
+from videogen.trainers.transformer_state import TransformerTrainState, create_transformer_state
 from videogen.trainers.maskgit_generation import GenerationEvaluator
 
 
@@ -72,19 +73,10 @@ def build_model(config: ml_collections.ConfigDict, setup: CommitSetup) -> Masked
     )
 
 
-class TrainState(nnx.Module):
-    """Everything a stage-2 run checkpoints: transformer (with its dropout RNG), optimizer,
-    and the RNG stream of the per-example task, class drop and mask sampling."""
-
-    def __init__(self, model: MaskedVideoTransformer, tx: optax.GradientTransformation, seed: int):
-        self.model = model
-        self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-        self.rngs = nnx.Rngs(masking=jax.random.key(seed + 2))
-
-
-def create_train_state(config: ml_collections.ConfigDict, setup: CommitSetup) -> TrainState:
-    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-    return TrainState(build_model(config, setup), tx, config.seed)
+def create_train_state(
+    config: ml_collections.ConfigDict, setup: CommitSetup
+) -> TransformerTrainState:
+    return create_transformer_state(config, build_model(config, setup), stream="masking")
 
 
 def commit_loss(

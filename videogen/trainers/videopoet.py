@@ -32,6 +32,7 @@ from videogen.evaluation import audio_grid, video_grid
 from videogen.data import token_files
 from videogen.models.prefix_lm import PREFIX_LM_SIZES, PrefixLM, next_token_nll
 from videogen.trainers import loop
+from videogen.trainers.transformer_state import TransformerTrainState, create_transformer_state
 from videogen.trainers.maskgit import drop_empty_groups
 from videogen.trainers.videopoet_data import (
     VideoPoetSetup,
@@ -67,19 +68,10 @@ def build_model(config: ml_collections.ConfigDict, setup: VideoPoetSetup) -> Pre
     )
 
 
-class TrainState(nnx.Module):
-    """What a VideoPoet run checkpoints: the LM (with its dropout RNG), its optimizer, and
-    the RNG stream of the caption dropout."""
-
-    def __init__(self, model: PrefixLM, tx: optax.GradientTransformation, seed: int):
-        self.model = model
-        self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-        self.rngs = nnx.Rngs(condition_drop=jax.random.key(seed + 2))
-
-
-def create_train_state(config: ml_collections.ConfigDict, setup: VideoPoetSetup) -> TrainState:
-    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-    return TrainState(build_model(config, setup), tx, config.seed)
+def create_train_state(
+    config: ml_collections.ConfigDict, setup: VideoPoetSetup
+) -> TransformerTrainState:
+    return create_transformer_state(config, build_model(config, setup), stream="condition_drop")
 
 
 def output_metrics(
