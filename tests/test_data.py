@@ -8,9 +8,10 @@ import av
 from etils import epath
 from grain import checkpoint as grain_checkpoint
 import numpy as np
+from PIL import Image
 import pytest
 
-from videogen.data import moving_digits, pipeline, real_clips, transforms
+from videogen.data import moving_digits, pipeline, transforms
 from videogen.data.video_decode import (
     VideoDecodeError,
     probe_video,
@@ -189,36 +190,6 @@ def test_moving_digits_audio_pitch_names_digit_and_clicks_at_bounces(digits_trai
     assert len(set(np.round(moving_digits.DIGIT_PITCHES_HZ))) == 10
 
 
-# ---------------------------------------------------------------- real clips
-
-
-def test_real_clips_shapes_content_determinism():
-    train = real_clips.RealClips("train", num_frames=9, resolution=32, frame_stride=2)
-    evaluation = real_clips.RealClips("eval", num_frames=9, resolution=32, frame_stride=2)
-    for source in (train, evaluation):
-        for i in range(6):
-            example = source[i]
-            assert example["video"].shape == (9, 32, 32, 3) and example["video"].dtype == np.uint8
-            assert example["video"].std() > 15  # Real picture content, not a blank frame.
-            assert example["label"] == i % 3
-            assert example["caption"] == f"a clip from {real_clips.CAPTION_NAMES[i % 3]}"
-    assert _digest(train[4]["video"]) == _digest(train[4]["video"])
-    reseeded = real_clips.RealClips("train", num_frames=9, resolution=32, frame_stride=2, seed=3)
-    assert any(_digest(train[i]["video"]) != _digest(reseeded[i]["video"]) for i in range(6))
-
-
-def test_real_clips_train_and_eval_frames_are_disjoint():
-    train = real_clips.RealClips("train", num_frames=9, resolution=32, frame_stride=2)
-    evaluation = real_clips.RealClips("eval", num_frames=9, resolution=32, frame_stride=2)
-    for label, name in enumerate(real_clips.VIDEOS):
-        total = len(real_clips.decoded_video(name, 32))
-        train_frames = {f for i in range(label, 150, 3) for f in train.frame_indices(i)[1]}
-        eval_frames = {f for i in range(label, 60, 3) for f in evaluation.frame_indices(i)[1]}
-        assert not train_frames & eval_frames
-        assert max(train_frames) < int(0.8 * total) <= min(eval_frames)
-        assert len(train_frames) > 0.4 * total  # Clips spread over the split, not one window.
-
-
 # ---------------------------------------------------------------- video folder
 
 
@@ -257,6 +228,54 @@ def test_video_folder_labels_csv_and_short_video_padding(tmp_path):
     np.testing.assert_array_equal(video[4], video[3])
     np.testing.assert_array_equal(video[5], video[3])
     assert _digest(source[0]["video"]) == _digest(source[0]["video"])
+
+
+def _short_folder(root):
+    """long.mp4 (12 frames), short.mp4 (4 frames) and a JPEG renamed still.mp4."""
+    _write_video(root / "long.mp4", 12)
+    _write_video(root / "short.mp4", 4)
+    ramp = np.linspace(0, 255, 48 * 64 * 3).reshape(48, 64, 3).astype(np.uint8)
+    Image.fromarray(ramp).save(root / "still.mp4", format="JPEG")
+
+
+def test_video_folder_counts_warns_and_pads_short_files_and_stills(tmp_path, caplog):
+    _short_folder(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        source = VideoFolder(tmp_path, "eval", num_frames=6, resolution=16)
+    # A 6-frame clip spans 6 frames: the 4-frame video and the 1-frame still are short.
+    assert source.files == ["long.mp4", "short.mp4", "still.mp4"]
+    assert source.short_files == 2 and source.skipped_files == 0
+    warned = [r.getMessage() for r in caplog.records if "fewer than the 6" in r.getMessage()]
+    assert len(warned) == 2
+    assert sum("short.mp4 has 4 frame" in m for m in warned) == 1
+    assert sum("still.mp4 has 1 frame" in m for m in warned) == 1
+    still = source[2]["video"]
+    assert still.std() > 20  # The picture, not a blank frame...
+    np.testing.assert_array_equal(still, np.broadcast_to(still[0], still.shape))  # ...repeated.
+    # Stride 2 spans 11 frames, so the 12-frame video is long enough; stride 3 spans 16.
+    assert (
+        VideoFolder(tmp_path, "eval", num_frames=6, frame_stride=2, resolution=16).short_files == 2
+    )
+    assert (
+        VideoFolder(tmp_path, "eval", num_frames=6, frame_stride=3, resolution=16).short_files == 3
+    )
+
+
+def test_video_folder_short_files_skip_and_its_errors(tmp_path, caplog):
+    _short_folder(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        source = VideoFolder(tmp_path, "train", num_frames=6, resolution=16, short_files="skip")
+    assert source.files == ["long.mp4"] and len(source) == 1
+    assert source.short_files == 2 and source.skipped_files == 0
+    assert sum("left out (short_files='skip')" in r.getMessage() for r in caplog.records) == 2
+    with pytest.raises(
+        ValueError, match=r"short_files must be one of \('pad', 'skip'\), got 'drop'"
+    ):
+        VideoFolder(tmp_path, "eval", num_frames=6, resolution=16, short_files="drop")
+    with pytest.raises(
+        ValueError, match="no video of at least 16 frames.*3 of 3.*short_files='pad'"
+    ):
+        VideoFolder(tmp_path, "eval", num_frames=16, resolution=16, short_files="skip")
 
 
 def test_video_folder_read_failure_falls_back_to_next_file(tmp_path, caplog):

@@ -83,7 +83,7 @@ def test_protocol_errors(tmp_path):
 
 def test_mismatched_clips_are_errors(tmp_path):
     fe = _evaluator(tmp_path, num_samples=2)
-    real = (np.zeros(400), np.eye(400), 10)
+    real = evaluator.RealStats(np.zeros(400), np.eye(400), 10, None)
     clips = np.zeros((2, 8, 32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match=r"generated clips have shape \(8, 32, 32, 3\).*9-frame"):
         fe(real, lambda r: [clips])

@@ -473,12 +473,9 @@ def maskgit_config() -> ml_collections.ConfigDict:
             classifier_steps=optional(None, int),
         )
     )
-    # The K600 protocol (6.5.6): 50,000 x 4 samples, the first 16 frames at 64x64.
-    # The real distribution here is one view per held-out clip (2 temporal windows
-    # x 3 crops per video needs a source that yields several views of one video).
-    c.eval.frechet = protocols.protocol_config(
-        "k600_fp", real_temporal_windows=1, real_spatial_crops=1
-    )
+    # The K600 protocol (6.5.6): 50,000 x 4 samples, the first 16 frames at 64x64; the real
+    # distribution is 2 temporal windows x 3 spatial crops of every video in eval.path.
+    c.eval.frechet = protocols.protocol_config("k600_fp")
     return c
 
 

@@ -80,7 +80,8 @@ def make_source(
         raise ValueError(
             f"dataset {name!r} has no multi-view eval sampling (temporal_windows="
             f"{temporal_windows}, spatial_crops={spatial_crops}); only 'video_folder' has it. "
-            "Use 1 x 1 views."
+            "Use 1 x 1 views (for an evaluation protocol: eval.frechet.real_temporal_windows=1 "
+            "and eval.frechet.real_spatial_crops=1) or read the real clips from a video folder."
         )
     common = dict(
         num_frames=num_frames, resolution=resolution, num_examples=num_examples, seed=seed

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from videogen.data import moving_digits, pipeline
+from videogen.data import moving_digits, pipeline, real_clips
 from videogen.data.mixture import MixtureSource
+from videogen.data.video_folder import VideoFolder
 
 
 def spec_parts(spec: str) -> list[str]:
@@ -59,7 +60,7 @@ def content_version(spec: str) -> int:
     Part of the cache key of anything computed from a dataset's clips, so a
     change to the embedded data is never answered from an old cache.
     """
-    versions = {"moving_digits": moving_digits.VERSION}
+    versions = {"moving_digits": moving_digits.VERSION, "real_clips": real_clips.VERSION}
     return max(versions.get(part, 0) for part in spec_parts(spec))
 
 
@@ -71,6 +72,8 @@ def make_source(
     num_examples: int | None = None,
     num_frames: int | None = None,
     with_audio: bool = False,
+    temporal_windows: int = 1,
+    spatial_crops: int = 1,
 ) -> pipeline.VideoSource:
     """The source of `spec` for `split`, with the clip shape of `config.data`.
 
@@ -78,6 +81,8 @@ def make_source(
     `data.path`) for "eval". In a mixture each part gets an equal share of
     `num_examples`. `num_frames` overrides `data.num_frames` (e.g. an FVD
     protocol's clip length). `with_audio` asks file sources for their audio tracks.
+    `temporal_windows x spatial_crops` views of each eval video (video folders only):
+    an evaluation protocol's real-clip sampling.
     """
     data = config.data
     path = data.path if split == "train" else config.eval.path or data.path
@@ -94,10 +99,19 @@ def make_source(
             path=path or None,
             num_examples=num_examples if len(parts) == 1 else share,
             with_audio=with_audio,
+            temporal_windows=temporal_windows,
+            spatial_crops=spatial_crops,
         )
         for name in parts
     ]
     return sources[0] if len(sources) == 1 else MixtureSource(sources)
+
+
+def distinct_videos(source: pipeline.VideoSource) -> int | None:
+    """How many distinct videos the examples of `source` show, where the source can tell:
+    a video folder's files, each counted once however many views it gives. None for the
+    others (generated clips, windows of the bundled videos, TFDS records, mixtures)."""
+    return source.num_videos if isinstance(source, VideoFolder) else None
 
 
 def train_source(

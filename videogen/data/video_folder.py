@@ -16,9 +16,12 @@ clip, or `temporal_windows x spatial_crops` evenly spaced views of each video
 (the real-clip sampling of evaluation protocols, e.g. MAGVIT's K600: 2 x 3);
 point train and eval at different folders.
 
-Videos shorter than the clip span are padded by repeating their last frame
-(as is a file that decodes fewer frames than its header declares), so every
-readable file yields clips.
+A file shorter than the clip span ((num_frames - 1) * frame_stride + 1
+frames: a short video, or a still image renamed .mp4, which decodes as one
+frame) is counted in `short_files` and warned about once. With
+short_files="pad" (the default) its clips repeat its last frame, as do clips
+of a file that decodes fewer frames than its header declares; with "skip" it
+is left out, like an unreadable file.
 
 With `with_audio`, each clip also carries the file's first audio track over
 the time its frames cover: from the first frame's timestamp for
@@ -58,6 +61,7 @@ from videogen.data.video_decode import (
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v")
 LABELS_FILE = "labels.csv"
 SPLITS = ("train", "eval")
+SHORT_FILES = ("pad", "skip")
 
 
 def find_videos(root: str) -> list[str]:
@@ -109,6 +113,7 @@ class VideoFolder:
       with_audio: add `audio` and `has_audio` to each example (decodes the
         audio track; off, the audio is never read).
       sample_rate: audio samples per second of `audio`.
+      short_files: "pad" or "skip" files shorter than the clip span (module docstring).
     """
 
     keys = ("video", "label", "caption")
@@ -128,9 +133,15 @@ class VideoFolder:
         spatial_crops: int = 1,
         with_audio: bool = False,
         sample_rate: int = 16_000,
+        short_files: str = "pad",
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if short_files not in SHORT_FILES:
+            raise ValueError(
+                f"short_files must be one of {SHORT_FILES}, got {short_files!r}: 'pad' repeats "
+                "the last frame of a file shorter than the clip span, 'skip' leaves it out."
+            )
         if temporal_windows < 1 or spatial_crops < 1:
             raise ValueError(
                 f"temporal_windows={temporal_windows} and spatial_crops={spatial_crops} must be >= 1."
@@ -163,6 +174,7 @@ class VideoFolder:
         # An instance attribute: the audio fields exist only when produced.
         self.keys = VideoFolder.keys + (VideoFolder.audio_keys if with_audio else ())
         self.skipped_files = 0
+        self.short_files = 0
         self._bad: set[int] = set()
         self._lock = threading.Lock()
 
@@ -186,6 +198,7 @@ class VideoFolder:
         self.frame_counts: list[int] = []
         self.frame_rates: list[float] = []
         self.has_audio: list[bool] = []
+        span = transforms.clip_span(num_frames, frame_stride)
         for relative in candidates:
             try:
                 info = probe_media(os.path.join(root, relative))
@@ -202,10 +215,32 @@ class VideoFolder:
                 )
                 self.skipped_files += 1
                 continue
+            if info.num_frames < span:
+                self.short_files += 1
+                logging.warning(
+                    "%s has %d frame(s), fewer than the %d that a clip of %d frames at stride "
+                    "%d spans (a still image decodes as 1 frame); %s.",
+                    os.path.join(root, relative),
+                    info.num_frames,
+                    span,
+                    num_frames,
+                    frame_stride,
+                    "left out (short_files='skip')"
+                    if short_files == "skip"
+                    else "its clips repeat its last frame (short_files='skip' leaves it out)",
+                )
+                if short_files == "skip":
+                    continue
             self.files.append(relative)
             self.frame_counts.append(info.num_frames)
             self.frame_rates.append(info.frame_rate)
             self.has_audio.append(info.has_audio)
+        if not self.files and self.short_files and short_files == "skip":
+            raise ValueError(
+                f"video folder {root!r} has no video of at least {span} frames: "
+                f"{self.short_files} of {len(candidates)} files are shorter than a clip; "
+                "use short_files='pad', or fewer frames or a smaller frame stride."
+            )
         if not self.files:
             raise ValueError(
                 f"video folder {root!r} has no readable video: all {len(candidates)} "
@@ -234,6 +269,12 @@ class VideoFolder:
 
     def __len__(self) -> int:
         return self.num_examples
+
+    @property
+    def num_videos(self) -> int:
+        """Distinct files the examples read: a file's views are consecutive examples, and
+        past len(files) x views examples the files repeat."""
+        return min(len(self.files), -(-self.num_examples // self.views))
 
     def _check_audio(self, root: str) -> None:
         if self.files_without_audio:

@@ -3,8 +3,9 @@
 A protocol fixes everything that changes the number: the feature network and
 its weights, the number of generated samples per repeat (N) and of repeats
 (R), the clip length, the evaluation resolution (centre crop + the named
-resize of both sets: `resize.RESIZE_METHODS`), and how the real distribution is sampled. The thesis'
-protocols (MAGVIT 6.5.6) are presets; every field stays a config entry.
+resize of both sets: `resize.RESIZE_METHODS`), and how the real distribution is sampled
+(`FrechetEvaluator.real_source`: the real split, and W temporal windows x C spatial crops of
+each video). The thesis' protocols (MAGVIT 6.5.6) are presets; every field stays a config entry.
 
 The evaluator streams: generated clips go through the feature network batch by
 batch, so N = 50,000 never has to fit in memory. Real statistics are computed
@@ -17,7 +18,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from jaxtyping import Array, Float, UInt8
 
-from videogen.data import sources
+from videogen.data import pipeline, sources
 from videogen.evaluation import feature_stats, frechet, i3d, inception, resize
 from videogen.evaluation.protocols import NETWORKS
 
@@ -73,6 +74,23 @@ def _features_fn(network: str, resolution: int, method: str) -> Callable[[jax.Ar
         return net(clips[:, 0], max_value=255.0)
 
     return functools.partial(fn, state)
+
+
+class RealStats(NamedTuple):
+    """The real distribution's feature statistics and what they were computed from."""
+
+    mu: Float[np.ndarray, " d"]
+    sigma: Float[np.ndarray, "d d"]
+    count: int  # real clips (views) in the statistics
+    num_videos: int | None  # distinct videos they show; None where the source cannot tell
+
+    def report(self, metric: str) -> dict[str, float]:
+        """The real side of a distance's report: `<metric>_num_real` (clips) and, when known,
+        `<metric>_num_real_videos`."""
+        result = {f"{metric}_num_real": float(self.count)}
+        if self.num_videos is not None:
+            result[f"{metric}_num_real_videos"] = float(self.num_videos)
+        return result
 
 
 class FoldedStream:
@@ -160,14 +178,16 @@ class FrechetEvaluator:
             self._feature_fn = _features_fn(p.network, p.resolution, p.resize)
         return self._feature_fn
 
-    def real_key(self, dataset: str, frame_stride: int, source_resolution: int) -> dict[str, Any]:
+    def real_key(
+        self, dataset: str, frame_stride: int, source_resolution: int, num_examples: int
+    ) -> dict[str, Any]:
         p = self.protocol
         _, sha256, preprocessing = _network(p.network)
         return dict(
             dataset=dataset,
             dataset_version=sources.content_version(dataset),
             split=p.real_split,
-            num_examples=self.real_num_examples,
+            num_examples=num_examples,
             num_frames=p.num_frames,
             resolution=p.resolution,
             frame_stride=frame_stride,
@@ -180,11 +200,63 @@ class FrechetEvaluator:
         )
 
     @property
-    def real_num_examples(self) -> int:
+    def real_views(self) -> int:
+        """Real clips taken from each real video: temporal windows x spatial crops."""
+        return self.protocol.real_temporal_windows * self.protocol.real_spatial_crops
+
+    @property
+    def real_num_examples(self) -> int | None:
+        """Real clips in the statistics; None (views > 1, unset): every view of every video once."""
         p = self.protocol
-        if p.real_num_examples is None:
-            return p.num_samples * p.num_repeats
-        return p.real_num_examples
+        if p.real_num_examples is not None:
+            return p.real_num_examples
+        return p.num_samples * p.num_repeats if self.real_views == 1 else None
+
+    def real_source(self, config: ml_collections.ConfigDict, spec: str) -> pipeline.VideoSource:
+        """The protocol's real clips of dataset `spec`: its `real_split`, `num_frames`-frame
+        clips, the `real_temporal_windows x real_spatial_crops` views of each video one after
+        another, `real_num_examples` of them.
+
+        Sources without views are refused (only video folders have them). A warning names the
+        counts when the clips repeat videos; a clip count that `config.eval.batch_size` does
+        not divide is an error, because the last partial batch would be dropped.
+        """
+        p = self.protocol
+        source = sources.make_source(
+            config,
+            spec,
+            p.real_split,
+            num_frames=p.num_frames,
+            num_examples=self.real_num_examples,
+            temporal_windows=p.real_temporal_windows,
+            spatial_crops=p.real_spatial_crops,
+        )
+        views, videos = self.real_views, sources.distinct_videos(source)
+        if videos is not None and len(source) > videos * views:
+            logging.warning(
+                "real statistics of %r: the protocol asks for %d real clips (%d view(s) of each "
+                "video), but its %s split holds %d distinct videos, %d clips; files repeat, so "
+                "the same clips enter the statistics more than once. Set "
+                "eval.frechet.real_num_examples=%d (each video's views once) or add videos.",
+                spec,
+                len(source),
+                views,
+                p.real_split,
+                videos,
+                videos * views,
+                videos * views,
+            )
+        batch_size = config.eval.batch_size
+        if len(source) % batch_size:
+            whole = len(source) - len(source) % batch_size
+            raise ValueError(
+                f"the real {spec!r} {p.real_split} split gives {len(source)} clips "
+                f"({views} view(s) per video), which eval.batch_size={batch_size} does not "
+                "divide; the last partial batch would be dropped. "
+                + (f"Set eval.frechet.real_num_examples={whole} or " if whole else "")
+                + "change eval.batch_size."
+            )
+        return source
 
     def real_statistics(
         self,
@@ -193,14 +265,25 @@ class FrechetEvaluator:
         *,
         frame_stride: int,
         source_resolution: int,
-    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """(mu, sigma, count) of the real split: from the cache, else extracted once and cached.
+        num_examples: int | None = None,
+        num_videos: int | None = None,
+    ) -> RealStats:
+        """The real split's statistics: from the cache, else extracted once and cached.
 
         `frame_stride` and `source_resolution` (the clips' size before the
         protocol's crop + resize) describe how `real_batches` were read; both
-        enter the cache key.
+        enter the cache key. `num_examples` is how many clips they yield (None:
+        `real_num_examples`), `num_videos` how many distinct videos those show
+        (`sources.distinct_videos` of a `real_source`; None: not reported).
         """
-        key = self.real_key(dataset, frame_stride, source_resolution)
+        num_examples = self.real_num_examples if num_examples is None else num_examples
+        if num_examples is None:
+            raise ValueError(
+                f"eval.frechet.real_num_examples is unset with {self.real_views} views per real "
+                "video: the clip count is the real source's length; pass "
+                "num_examples=len(evaluator.real_source(...))."
+            )
+        key = self.real_key(dataset, frame_stride, source_resolution, num_examples)
         self.real_recomputed = False
 
         def compute() -> np.ndarray:
@@ -208,19 +291,20 @@ class FrechetEvaluator:
             features = feature_stats.extract_features(
                 self.feature_fn,
                 self._checked(real_batches(), "real"),
-                max_examples=key["num_examples"],
+                max_examples=num_examples,
                 mesh=self.mesh,
             )
-            if features.shape[0] < key["num_examples"]:
+            if features.shape[0] < num_examples:
                 raise ValueError(
                     f"the real {dataset!r} {self.protocol.real_split} split yielded "
                     f"{features.shape[0]} clips, fewer than the protocol's "
-                    f"{key['num_examples']}; set eval.frechet.real_num_examples="
+                    f"{num_examples}; set eval.frechet.real_num_examples="
                     f"{features.shape[0]} (the cache key records it)."
                 )
             return features
 
-        return self.cache.get_or_compute(key, compute)
+        mu, sigma, count = self.cache.get_or_compute(key, compute)
+        return RealStats(mu, sigma, count, num_videos)
 
     def _checked(self, batches: Iterable, side: str) -> Iterator[np.ndarray]:
         """Clips of the protocol's frame count; any other count is an error, never resized."""
@@ -243,7 +327,7 @@ class FrechetEvaluator:
 
     def __call__(
         self,
-        real_stats: tuple[np.ndarray, np.ndarray, int],
+        real_stats: RealStats,
         generated_batches: Callable[[int], Iterable[Mapping[str, np.ndarray] | np.ndarray]],
     ) -> dict[str, float]:
         """Distances of R repeats of N generated clips each: mean, std and each repeat.
@@ -252,7 +336,6 @@ class FrechetEvaluator:
         (fresh samples per repeat; a deterministic reconstruction may repeat).
         """
         p = self.protocol
-        mu_real, sigma_real, real_count = real_stats
         distances = []
         for repeat in range(p.num_repeats):
             features = feature_stats.extract_features(
@@ -268,7 +351,7 @@ class FrechetEvaluator:
                     "conditions (e.g. eval.num_examples) or lower num_samples."
                 )
             mu, sigma = frechet.gaussian_stats(features)
-            distances.append(frechet.frechet_distance(mu, sigma, mu_real, sigma_real))
+            distances.append(frechet.frechet_distance(mu, sigma, real_stats.mu, real_stats.sigma))
             logging.info(
                 "%s repeat %d/%d: %.3f", self.metric, repeat + 1, p.num_repeats, distances[-1]
             )
@@ -277,7 +360,7 @@ class FrechetEvaluator:
             self.metric: float(values.mean()),
             f"{self.metric}_std": float(values.std()),
             f"{self.metric}_num_samples": float(p.num_samples),
-            f"{self.metric}_num_real": float(real_count),
+            **real_stats.report(self.metric),
         }
         for repeat, value in enumerate(distances):
             result[f"{self.metric}_repeat{repeat}"] = float(value)
@@ -285,17 +368,29 @@ class FrechetEvaluator:
 
 
 def make_frechet(
-    protocol: ml_collections.ConfigDict, num_examples: int, workdir: str, mesh: Mesh | None
+    protocol: ml_collections.ConfigDict,
+    num_examples: int,
+    workdir: str,
+    mesh: Mesh | None,
+    *,
+    multi_view_real: bool = False,
 ) -> FrechetEvaluator | None:
     """A trainer evaluator's Frechet evaluator for `config.eval.frechet` (None when its
-    num_samples is 0), checked against what the evaluator reads: `num_examples` held-out
-    clips, one view of each. Real statistics are cached in `<workdir>/real_stats`."""
+    num_samples is 0), checked against the `num_examples` held-out clips it generates from.
+    Real statistics are cached in `<workdir>/real_stats`.
+
+    `multi_view_real`: the trainer reads the real split with `FrechetEvaluator.real_source`,
+    so a protocol's several views per real video are taken; a trainer that reads one clip per
+    video leaves it False, and such protocols are refused.
+    """
     if not protocol.num_samples:
         return None
-    if protocol.real_temporal_windows != 1 or protocol.real_spatial_crops != 1:
+    views = (protocol.real_temporal_windows, protocol.real_spatial_crops)
+    if views != (1, 1) and not multi_view_real:
         raise ValueError(
-            "eval.frechet.real_temporal_windows/real_spatial_crops > 1 need several views of "
-            "each real video, but trainers evaluate one view per held-out clip; set both to 1."
+            f"eval.frechet.real_temporal_windows x real_spatial_crops = {views[0]} x {views[1]} "
+            "views of each real video, but this trainer reads one clip per real video; set "
+            "both to 1 (only the MAGVIT generation evaluator reads several views)."
         )
     needed = protocol.num_samples * protocol.num_repeats
     if needed > num_examples:

@@ -16,7 +16,8 @@ NETWORKS = ("i3d", "inception")
 # The thesis' sampling protocols (6.5.6; "we continuously run through all the
 # samples required with a single data loader and compute the mean and standard
 # deviation for 4 folds"). real_* describe the real distribution; a real split
-# the source cannot view that way is refused when the statistics are computed.
+# the source cannot view that way (several views need a video folder) is refused
+# when the evaluator reads it (`FrechetEvaluator.real_source`).
 PRESETS: dict[str, dict[str, Any]] = {
     "k600_fp": dict(
         network="i3d",
@@ -94,8 +95,9 @@ def protocol_config(preset: str = "", **overrides: Any) -> ml_collections.Config
 
     num_samples = 0 disables the Frechet evaluation. Unset (None) fields:
     `num_frames` and `resolution` (every preset sets them; required once
-    num_samples > 0) and `real_num_examples` (None: num_samples x num_repeats
-    clips of the real split).
+    num_samples > 0) and `real_num_examples`, the number of real clips (None:
+    num_samples x num_repeats clips of the real split; with several views per
+    video, every view of every real video once).
     """
     if preset and preset not in PRESETS:
         raise ValueError(f"unknown evaluation preset {preset!r}; choose one of {sorted(PRESETS)}.")

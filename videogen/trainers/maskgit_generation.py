@@ -131,8 +131,9 @@ class GenerationEvaluator:
     """Decodes every `config.eval.tasks` task from held-out conditions and scores the samples.
 
     Per task: FVD against the real split's cached I3D statistics (when
-    `eval.frechet.num_samples` > 0) over the first `eval.frechet.num_frames`
-    frames, and for frame prediction with replicate padding the FVD of the
+    `eval.frechet.num_samples` > 0; the protocol's temporal windows x spatial
+    crops of each real video) over the first `eval.frechet.num_frames` frames,
+    and for frame prediction with replicate padding the FVD of the
     copy-last-frame baseline; class accuracy of class-conditional samples by
     the moving-digits classifier (moving_digits data only); one
     ``condition | sample | ground truth`` grid (GIF + MP4, TensorBoard frames).
@@ -157,7 +158,9 @@ class GenerationEvaluator:
                 f"config.eval.batch_size={config.eval.batch_size} must be divisible by the mesh's "
                 f"data-parallel size {sharding.data_parallel_size(mesh)}."
             )
-        self.source = self._source("eval", config.data.num_frames, config.eval.num_examples)
+        self.source = sources.make_source(
+            config, config.eval.dataset, "eval", num_examples=config.eval.num_examples
+        )
         batch = sharding.batch_sharding(mesh)
         replicated = sharding.replicated(mesh)
         # Guidance only helps where the prefix carries a class; other tasks decode unguided.
@@ -176,32 +179,28 @@ class GenerationEvaluator:
                 f"eval.frechet.num_frames={protocol.num_frames} exceeds the generated clips' "
                 f"{config.data.num_frames} frames; lower it or generate longer clips."
             )
-        self.frechet = evaluator.make_frechet(protocol, config.eval.num_examples, workdir, mesh)
-        self._classifier = None
-
-    def _source(self, split: str, num_frames: int, num_examples: int | None):
-        return sources.make_source(
-            self.config,
-            self.config.eval.dataset,
-            split,
-            num_examples=num_examples,
-            num_frames=num_frames,
+        self.frechet = evaluator.make_frechet(
+            protocol, config.eval.num_examples, workdir, mesh, multi_view_real=True
         )
+        # Built now, so a real split that cannot be read as the protocol asks fails at start.
+        self.real_source = (
+            None if self.frechet is None else self.frechet.real_source(config, config.eval.dataset)
+        )
+        self._classifier = None
 
     def _batches(self, source) -> Iterator[dict[str, np.ndarray]]:
         return sources.eval_batches(source, self.config.eval.batch_size)
 
-    def _real_statistics(self):
-        """The real split's I3D statistics (cached under <workdir>/real_stats)."""
-        protocol = self.config.eval.frechet
-        source = self._source(
-            protocol.real_split, protocol.num_frames, self.frechet.real_num_examples
-        )
+    def _real_statistics(self) -> evaluator.RealStats:
+        """The real split's I3D statistics (cached under <workdir>/real_stats), with the
+        protocol's views of each real video."""
         return self.frechet.real_statistics(
             self.config.eval.dataset,
-            lambda: self._batches(source),
+            lambda: self._batches(self.real_source),
             frame_stride=self.config.data.frame_stride,
             source_resolution=self.config.data.resolution,
+            num_examples=len(self.real_source),
+            num_videos=sources.distinct_videos(self.real_source),
         )
 
     @property
