@@ -6,35 +6,10 @@ import numpy as np
 import pytest
 
 from train_states import leaves
-from tiny_configs import configure, load_experiment
+from tiny_configs import tiny_audio
 from videogen import main as videogen_main
 from videogen.data import moving_digits
 from videogen.trainers import audio_tokenizer
-
-# 5 frames of moving digits = 10,000 samples = 31 latent frames of a narrow codec.
-AUDIO_TINY = {
-    "data.num_frames": 5,
-    "data.resolution": 16,
-    "model.channels": 2,
-    "model.channel_multipliers": (1, 2, 2, 4),
-    "model.latent_dim": 8,
-    "model.codebook_size": 16,
-    "discriminator.channels": 2,
-    "discriminator.num_layers": 1,
-    "batch_size": 4,
-    "num_train_steps": 2,
-    "log_every_steps": 1,
-    "mesh.shape": (1, 1, 1),
-    "checkpoint.every_steps": 1,
-    "optimizer.warmup_steps": 1,
-    "eval.num_examples": 8,
-    "eval.batch_size": 4,
-    "eval.grid_examples": 2,
-}
-
-
-def tiny_audio(name="quickstart_audio", arg=None, **extra):
-    return configure(load_experiment(name).get_config(arg), **{**AUDIO_TINY, **extra})
 
 
 @pytest.mark.parametrize(

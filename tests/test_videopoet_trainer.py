@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from train_states import leaves
-from tiny_configs import configure, load_experiment
+from tiny_configs import load_experiment, tiny_audio, tiny_videopoet
 
 from videogen import main as videogen_main
 from videogen.data import moving_digits
@@ -19,78 +19,14 @@ from videogen.trainers import audio_tokenizer, videopoet
 from videogen.trainers.videopoet_generation import direction_correct
 from videogen.trainers.videopoet_sequences import SequenceTemplates, assemble, example_ids
 
-# A 2-step codec on 5-frame clips (tests/test_audio_trainer.py's tiny shape).
-AUDIO_TINY = {
-    "data.num_frames": 5,
-    "data.resolution": 16,
-    "model.channels": 2,
-    "model.channel_multipliers": (1, 2, 2, 4),
-    "model.latent_dim": 8,
-    "model.codebook_size": 16,
-    "batch_size": 4,
-    "num_train_steps": 2,
-    "log_every_steps": 1,
-    "mesh.shape": (1, 1, 1),
-    "checkpoint.every_steps": 2,
-    "optimizer.warmup_steps": 1,
-    "eval.at_end": False,
-}
-
-# 9x16x16 clips -> 3x4x4 codes of 2^6 (conftest's tiny tokenizer) as 2 x 2^3 sub-tokens; 56
-# audio frames of one level; a 2-layer LM of width 32.
-VIDEOPOET_TINY = {
-    "data.name": "moving_digits",
-    "data.path": "",
-    "data.missing_hint": "",
-    "data.num_frames": 9,
-    "data.resolution": 16,
-    "model.size": "tiny",
-    "model.hidden_size": None,
-    "model.num_layers": None,
-    "model.num_heads": None,
-    "model.mlp_dim": None,
-    "model.visual_factors": 2,
-    "model.remat": False,
-    "tasks.condition_frames": 2,
-    "text.max_tokens": 24,
-    "audio.levels": 1,
-    "tokenize.num_examples": 16,
-    "tokenize.batch_size": 8,
-    "batch_size": 8,
-    "num_train_steps": 2,
-    "log_every_steps": 1,
-    "mesh.shape": (1, 1, 1),
-    "checkpoint.every_steps": 2,
-    "optimizer.warmup_steps": 1,
-    "eval.dataset": "moving_digits",
-    "eval.path": "",
-    "eval.num_examples": 8,
-    "eval.batch_size": 8,
-    "eval.every_steps": None,
-    "eval.at_end": False,
-    "eval.grid_examples": 2,
-    "eval.classifier_steps": 5,
-    "eval.frechet.num_samples": 0,
-}
-
 
 @pytest.fixture(scope="module")
 def audio_workdir(tmp_path_factory):
     """A 2-step audio tokenizer run, the frozen codec of these tests."""
     workdir = str(tmp_path_factory.mktemp("audio_tokenizer"))
-    config = configure(load_experiment("quickstart_audio").get_config(), **AUDIO_TINY)
+    config = tiny_audio("quickstart_audio", **{"checkpoint.every_steps": 2, "eval.at_end": False})
     assert audio_tokenizer.train_and_evaluate(config, workdir).step == 2
     return workdir
-
-
-def tiny_videopoet(name, arg, tokenizer_workdir, audio_workdir, **extra):
-    config = load_experiment(name).get_config(arg)
-    return configure(
-        config,
-        tokenizer_workdir=tokenizer_workdir,
-        audio_tokenizer_workdir=audio_workdir,
-        **{**VIDEOPOET_TINY, **extra},
-    )
 
 
 # --- sequences assembled in the step ----------------------------------------------------------

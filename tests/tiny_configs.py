@@ -71,18 +71,14 @@ def tiny(config, **extra):
     return configure(config, **overrides)
 
 
-# 9x16x16 clips -> 3x4x4 tokens of 2^6 (the tiny tokenizer), 2 factors of 2^3.
-MASKGIT_TINY = {
+# What the token-transformer tests (MAGVIT, VideoPoet) share: 9x16x16 moving digits (the
+# tiny tokenizer's 3x4x4 tokens of 2^6), 2 steps at batch 8, 8 held-out clips.
+GENERATOR_TINY = {
     "data.name": "moving_digits",
     "data.path": "",
     "data.missing_hint": "",
     "data.num_frames": 9,
     "data.resolution": 16,
-    "model.size": "",
-    "model.hidden_size": 16,
-    "model.num_layers": 1,
-    "model.num_heads": 2,
-    "model.mlp_dim": 32,
     "batch_size": 8,
     "num_train_steps": 2,
     "log_every_steps": 1,
@@ -96,10 +92,75 @@ MASKGIT_TINY = {
     "eval.every_steps": None,
     "eval.at_end": False,
     "eval.frechet.num_samples": 0,
-    # Configs that tokenize before training (the quickstart's) write 16 clips.
+    # Configs that tokenize before training (the quickstarts') write 16 clips.
     "tokenize.num_examples": 16,
     "tokenize.batch_size": 8,
 }
+
+# A 1-layer MAGVIT transformer of width 16; the tokens as 2 factors of 2^3.
+MASKGIT_TINY = {
+    **GENERATOR_TINY,
+    "model.size": "",
+    "model.hidden_size": 16,
+    "model.num_layers": 1,
+    "model.num_heads": 2,
+    "model.mlp_dim": 32,
+}
+
+# A 2-layer prefix LM of width 32 ("tiny"); video as 2 x 2^3 sub-tokens, 56 audio frames of
+# one level, 24 text tokens.
+VIDEOPOET_TINY = {
+    **GENERATOR_TINY,
+    "model.size": "tiny",
+    "model.hidden_size": None,
+    "model.num_layers": None,
+    "model.num_heads": None,
+    "model.mlp_dim": None,
+    "model.visual_factors": 2,
+    "model.remat": False,
+    "tasks.condition_frames": 2,
+    "text.max_tokens": 24,
+    "audio.levels": 1,
+    "eval.grid_examples": 2,
+    "eval.classifier_steps": 5,
+}
+
+# 5 frames of moving digits = 10,000 samples = 31 latent frames of a narrow codec.
+AUDIO_TINY = {
+    "data.num_frames": 5,
+    "data.resolution": 16,
+    "model.channels": 2,
+    "model.channel_multipliers": (1, 2, 2, 4),
+    "model.latent_dim": 8,
+    "model.codebook_size": 16,
+    "discriminator.channels": 2,
+    "discriminator.num_layers": 1,
+    "batch_size": 4,
+    "num_train_steps": 2,
+    "log_every_steps": 1,
+    "mesh.shape": (1, 1, 1),
+    "checkpoint.every_steps": 1,
+    "optimizer.warmup_steps": 1,
+    "eval.num_examples": 8,
+    "eval.batch_size": 4,
+    "eval.grid_examples": 2,
+}
+
+
+def tiny_audio(name="quickstart_audio", arg=None, **extra):
+    """Audio-tokenizer experiment `name` shrunk to a narrow codec on 5-frame clips."""
+    return configure(load_experiment(name).get_config(arg), **{**AUDIO_TINY, **extra})
+
+
+def tiny_videopoet(name, arg, tokenizer_workdir, audio_workdir, **extra):
+    """VideoPoet experiment `name` shrunk to the tiny prefix LM over the tiny codecs."""
+    config = load_experiment(name).get_config(arg)
+    return configure(
+        config,
+        tokenizer_workdir=tokenizer_workdir,
+        audio_tokenizer_workdir=audio_workdir,
+        **{**VIDEOPOET_TINY, **extra},
+    )
 
 
 def tiny_maskgit(name, arg, tokenizer_workdir, **extra):
