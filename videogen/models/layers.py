@@ -14,6 +14,12 @@ blocks non-causally with ``padding_mode="reflect"``, average-pooling
 down-sampling (`AvgPoolDownsample`) and nearest-resize + conv up-sampling
 (`NearestUpsample`). A temporal kernel size of 1 everywhere makes either
 network a per-frame 2D (image) model for pre-training and inflation.
+
+Streaming (`start_stream`): a causal network can take a long video chunk by
+chunk. Each causal conv then keeps the tail of its input that its next outputs
+need (`StreamCarry`) and puts it before the next chunk instead of zeros, and
+up-sampling layers drop no frame after the first chunk, so the outputs of the
+chunks, concatenated, equal those of one pass over the whole video.
 """
 
 from __future__ import annotations
@@ -41,6 +47,13 @@ def _check_padding_mode(padding_mode: str) -> None:
         raise ValueError(
             f"padding_mode={padding_mode!r} is not supported; use one of {PADDING_MODES}."
         )
+
+
+class StreamCarry(nnx.Variable):
+    """The input frames a causal conv keeps from one chunk of a stream for the next.
+
+    ``None`` until the stream's first chunk has gone through (`start_stream`).
+    """
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -143,13 +156,26 @@ class CausalConv3d(nnx.Module):
             if use_bias
             else None
         )
+        # A StreamCarry while the conv streams (`start_stream`); a static None otherwise,
+        # so the parameter tree, and with it every checkpoint, is unchanged.
+        self.carry = None
+
+    @property
+    def continues_stream(self) -> bool:
+        """Whether the next call continues a stream past its first chunk (`start_stream`)."""
+        return self.carry is not None and self.carry.get_value() is not None
 
     def __call__(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t2 h2 w2 co"]:
-        """Convolve ``[b, t, h, w, ci]``; causal stride ``s`` needs ``t = 1 + s*k``."""
+        """Convolve ``[b, t, h, w, ci]``; causal stride ``s`` needs ``t = 1 + s*k``
+        (while streaming: any ``t`` that completes at least one output frame)."""
         _, t, h, w, _ = x.shape
         kt, kh, kw = self.kernel_size
         st, sh, sw = self.strides
-        if self.causal:
+        x = x.astype(self.dtype)
+        if self.causal and self.carry is not None:
+            x = self._after_carry(x)
+            pad_t = (0, 0)
+        elif self.causal:
             if (t - 1) % st:
                 raise ValueError(
                     f"CausalConv3d with temporal stride {st} got {t} frames; it needs "
@@ -159,7 +185,6 @@ class CausalConv3d(nnx.Module):
         else:
             pad_t = ((kt - 1) // 2, kt // 2)
         padding = (pad_t, same_padding(h, kh, sh), same_padding(w, kw, sw))
-        x = x.astype(self.dtype)
         if self.padding_mode == "reflect":
             pad_t_reflect = (0, 0) if self.causal else pad_t
             x = jnp.pad(x, ((0, 0), pad_t_reflect, *padding[1:], (0, 0)), mode="reflect")
@@ -169,6 +194,51 @@ class CausalConv3d(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+    def _after_carry(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t2 h w ci"]:
+        """``x`` behind the carried frames (the causal zero padding on the first chunk); keeps
+        the frames from the start of the next output window on as the new carry."""
+        kt, st = self.kernel_size[0], self.strides[0]
+        carried = self.carry.get_value()
+        if carried is None:
+            carried = jnp.zeros((x.shape[0], kt - 1, *x.shape[2:]), x.dtype)
+        frames = jnp.concatenate([carried, x], axis=1)
+        outputs = (frames.shape[1] - kt) // st + 1
+        if outputs < 1:
+            raise ValueError(
+                f"a streamed CausalConv3d (temporal kernel {kt}, stride {st}) got a chunk of "
+                f"{x.shape[1]} frames after {carried.shape[1]} carried ones, too few for one "
+                "output frame; stream chunks of a multiple of the temporal factor."
+            )
+        self.carry.set_value(frames[:, st * outputs :])
+        return frames
+
+
+def start_stream(module: nnx.Module) -> None:
+    """Makes every causal conv of ``module`` carry its temporal context from call to call.
+
+    The first call after this is the video's first chunk (zeros before it, as
+    usual); each later call continues where the previous one stopped. Stride
+    ``s`` needs a temporal kernel of at least ``s`` (no frame is skipped between
+    chunks). Raises if ``module`` has a non-causal conv, which would see frames of
+    chunks not yet given.
+    """
+    for path, layer in nnx.iter_modules(module):
+        if not isinstance(layer, CausalConv3d):
+            continue
+        where = "/".join(map(str, path)) or type(module).__name__
+        if not layer.causal:
+            raise ValueError(
+                f"{where} is a non-causal conv: it needs future frames, so the model cannot "
+                "stream a video chunk by chunk; stream a causal model (CausalVideoTokenizer)."
+            )
+        if layer.kernel_size[0] < layer.strides[0]:
+            raise ValueError(
+                f"{where} has temporal kernel {layer.kernel_size[0]} < stride "
+                f"{layer.strides[0]}, so chunks cannot be joined without skipping frames; "
+                "stream a model whose temporal kernels are at least their strides."
+            )
+        layer.carry = nnx.data(StreamCarry(None))
 
 
 class GroupNorm(nnx.Module):
@@ -366,9 +436,11 @@ class AdaptiveGroupNorm(nnx.Module):
     ) -> Float[Array, "b t h w c"]:
         """Normalise ``x`` and modulate it with ``cond`` (any integer down-scaling of x)."""
         size = x.shape[1:4]
+        # A continuing stream's chunk has no first frame: each cond frame covers a full block.
+        causal = self.causal and not self.scale.continues_stream
         # Projecting before resizing is exact for a pointwise map and much cheaper.
-        scale = resize_nearest(self.scale(cond), size, causal=self.causal)
-        bias = resize_nearest(self.bias(cond), size, causal=self.causal)
+        scale = resize_nearest(self.scale(cond), size, causal=causal)
+        bias = resize_nearest(self.bias(cond), size, causal=causal)
         y = self.norm.normalize(x) * (1.0 + scale) + bias
         return y.astype(x.dtype)
 
@@ -443,13 +515,15 @@ class DepthToSpaceUpsample(nnx.Module):
         )
 
     def __call__(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t2 h2 w2 co"]:
-        """``[b, t, h, w, ci] -> [b, 1 + st*(t-1) (causal) or st*t, s*h, s*w, co]``."""
+        """``[b, t, h, w, ci] -> [b, 1 + st*(t-1) (causal) or st*t, s*h, s*w, co]``; a
+        continuing stream's chunk has no first frame, so it gets ``st*t`` frames."""
+        drop_first = self.causal and not self.conv.continues_stream
         y = self.conv(x)
         b, t, h, w, _ = y.shape
         st, s, c = self.temporal_factor, self.spatial_factor, self.out_channels
         y = y.reshape(b, t, h, w, st, s, s, c)
         y = y.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, t * st, h * s, w * s, c)
-        if self.causal:
+        if drop_first:
             y = y[:, st - 1 :]
         return y
 
@@ -513,8 +587,10 @@ class NearestUpsample(nnx.Module):
         )
 
     def __call__(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t2 h2 w2 co"]:
-        """``[b, t, h, w, ci] -> [b, st*t (or 1 + st*(t-1) causal), s*h, s*w, co]``."""
+        """``[b, t, h, w, ci] -> [b, st*t (or 1 + st*(t-1) causal), s*h, s*w, co]``; a
+        continuing stream's chunk has no first frame, so it gets ``st*t`` frames."""
         _, t, h, w, _ = x.shape
         st, s = self.temporal_factor, self.spatial_factor
-        frames = 1 + st * (t - 1) if self.causal else st * t
-        return self.conv(resize_nearest(x, (frames, s * h, s * w), causal=self.causal))
+        causal = self.causal and not self.conv.continues_stream
+        frames = 1 + st * (t - 1) if causal else st * t
+        return self.conv(resize_nearest(x, (frames, s * h, s * w), causal=causal))

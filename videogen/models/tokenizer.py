@@ -24,6 +24,11 @@ up-sampling mirroring it, and a 1024 x 256 VQ codebook: 16x128x128 -> 4x16x16.
 
 Image models for pre-training and inflation (`videogen.models.inflation`):
 ``temporal_kernel_size=1`` makes every conv a per-frame 2D conv.
+
+Long videos (`CausalVideoTokenizer.start_stream`): the causal tokenizer also
+takes a video chunk by chunk, carrying each conv's causal context, so that the
+chunks' tokens (and frames) equal those of one pass; `videogen.streaming`
+drives it.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from videogen.models.layers import (
     PaddingMode,
     ResBlock3d,
     apply_blocks,
+    start_stream,
 )
 from videogen.models.quantizers import LFQ, VectorQuantizer
 
@@ -421,6 +427,51 @@ class CausalVideoTokenizer(_Tokenizer):
             )
         self._check_frame_size(height, width)
         return 1 + (num_frames - 1) // f, height // s, width // s
+
+    def start_stream(self) -> None:
+        """Starts a stream: `stream_tokenize` and `stream_detokenize` then take a video (or its
+        tokens) chunk by chunk, each chunk continuing the previous one (`layers.start_stream`).
+
+        Call it on a copy made for the stream (e.g. inside a jitted function, after
+        ``nnx.merge``): the carried frames become state of the model.
+        """
+        start_stream(self)
+
+    def _check_stream(self, part: nnx.Module, call: str) -> bool:
+        """Whether ``part`` continues its stream; raises if no stream was started."""
+        if part.conv_in.carry is None:
+            raise ValueError(f"{call} needs a stream: call start_stream() on the model first.")
+        return part.conv_in.continues_stream
+
+    def stream_tokenize(self, video: Float[Array, "b n H W c"]) -> Int[Array, "b m h w"]:
+        """Tokens of the next chunk of a stream (`start_stream`).
+
+        The first chunk has ``1 + f*k`` frames (``f`` = temporal factor) and gives
+        ``1 + k`` token frames; each later chunk has ``f*m`` frames and gives ``m``.
+        The chunks' tokens, concatenated, equal `tokenize` of the whole video.
+        """
+        if self._check_stream(self.encoder, "stream_tokenize"):
+            f = self.temporal_factor
+            frames = video.shape[1] if video.ndim == 5 else 0
+            if not frames or frames % f or video.shape[-1] != self.in_channels:
+                raise ValueError(
+                    f"a stream's later chunks must be [batch, {f}m, height, width, "
+                    f"{self.in_channels}] (m >= 1: a multiple of the temporal factor {f} "
+                    f"frames), got shape {video.shape}."
+                )
+            self._check_frame_size(*video.shape[2:4])
+            z = self.encoder(video)
+        else:
+            z = self.encode(video)
+        _, aux = self.quantize(z)
+        return aux["indices"]
+
+    def stream_detokenize(self, indices: Int[Array, "b m h w"]) -> Float[Array, "b n H W c"]:
+        """Frames of the next token chunk of a stream (`start_stream`): ``1 + f*(m-1)``
+        frames for the first chunk of ``m`` token frames, ``f*m`` for each later one. The
+        chunks' frames, concatenated, equal `detokenize` of all the tokens."""
+        self._check_stream(self.decoder, "stream_detokenize")
+        return self.detokenize(indices)
 
 
 class VQVideoTokenizer(_Tokenizer):
