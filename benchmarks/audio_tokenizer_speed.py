@@ -2,9 +2,11 @@
 
     JAX_PLATFORMS=cpu python benchmarks/audio_tokenizer_speed.py [--batch 1] [--repeats 5]
 
-Times the evaluation forward pass (encode, RVQ, decode) and one training
-gradient (L1 + multi-scale spectral + commitment losses) after compilation,
-each call synchronised with ``block_until_ready``.
+Times tokenizing (encoder + RVQ codes), detokenizing (codes -> waveform), the
+evaluation forward pass (encode, RVQ, decode) and one training gradient (L1 +
+multi-scale spectral + commitment losses) after compilation, each call
+synchronised with ``block_until_ready``; the first two also as seconds of audio
+per second (the real-time factor).
 """
 
 import argparse
@@ -61,8 +63,17 @@ def main() -> None:
     eval_graphdef, state = nnx.split(model)
     forward = jax.jit(lambda s, a: nnx.merge(eval_graphdef, s)(a)[0])
     infer = best_time(lambda: forward(state, audio), args.repeats)
+    tokenize = jax.jit(lambda s, a: nnx.merge(eval_graphdef, s).tokenize(a))
+    tokens = tokenize(state, audio)
+    detokenize = jax.jit(lambda s, t: nnx.merge(eval_graphdef, s).detokenize(t, NUM_SAMPLES))
+    encode = best_time(lambda: tokenize(state, audio), args.repeats)
+    decode = best_time(lambda: detokenize(state, tokens), args.repeats)
+    seconds = args.batch * NUM_SAMPLES / 16_000
     print(
-        f"batch {args.batch} x 2.125 s: forward {infer * 1e3:.0f} ms, gradient {train * 1e3:.0f} ms"
+        f"batch {args.batch} x 2.125 s: tokenize {encode * 1e3:.0f} ms "
+        f"({seconds / encode:.1f} s of audio/s), detokenize {decode * 1e3:.0f} ms "
+        f"({seconds / decode:.1f} s of audio/s), forward {infer * 1e3:.0f} ms, "
+        f"gradient {train * 1e3:.0f} ms"
     )
 
 
