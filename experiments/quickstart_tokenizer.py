@@ -6,7 +6,9 @@ Trains the causal LFQ tokenizer with the thesis' full recipe (reconstruction,
 LFQ commitment + entropy, LPIPS, 3D StyleGAN discriminator with R1 and LeCAM) on
 moving digits and real clips (both embedded, no download), then reports
 held-out PSNR/SSIM/LPIPS and rFVD of the EMA model on each, with the clips
-down-sampled to the latent grid and linearly up-sampled back as a baseline.
+down-sampled to the latent grid and linearly up-sampled back as a baseline:
+on real sources training never saw (real_clips, also one line per source) and
+on new clips of the training sources (real_clips_same_sources).
 Arguments: `steps=N`; `recipe=reconstruction` (L2 + LFQ losses only, for
 comparison); `image=true` builds the image (T=1) stage that the video stage is
 inflated from in experiments/quickstart.py.
@@ -59,7 +61,10 @@ def get_config(arg: str | None = None):
         c.loss.perceptual_weight = 0.0
     c.checkpoint.every_steps = 100
     c.log_every_steps = 50
-    c.eval.datasets = ("moving_digits", "real_clips")
+    # real_clips' eval split is sources training never shows (held out by source), with one
+    # line per source; real_clips_same_sources is the training sources' held-out frames and
+    # camera paths: good there and poor on real_clips would mean memorising.
+    c.eval.datasets = ("moving_digits", "real_clips", "real_clips_same_sources")
     c.eval.num_examples = 64
     c.eval.batch_size = 8
     c.eval.every_steps = None  # at the end only: a mid-run evaluation costs ~2 minutes here

@@ -7,11 +7,14 @@ import os
 import av
 from etils import epath
 from grain import checkpoint as grain_checkpoint
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
-from videogen.data import moving_digits, pipeline, transforms
+from videogen import config as config_lib
+from videogen.data import moving_digits, pipeline, real_clips, sources, transforms
+from videogen.data.mixture import MixtureSource
 from videogen.data.video_decode import (
     VideoDecodeError,
     probe_video,
@@ -80,6 +83,64 @@ def test_transforms_shapes_and_padding():
     # Bilinear resize of a constant image stays exactly constant.
     flat = np.full((2, 40, 60, 3), 77, np.uint8)
     assert np.all(transforms.resize_video(flat, (9, 13)) == 77)
+
+
+def test_augment_zooms_mirrors_and_permutes_colours_as_drawn():
+    # Column index as brightness in red, 10 in green, 200 in blue: a window's columns,
+    # a mirror image and a channel order are each visible.
+    video = np.zeros((2, 64, 64, 3), np.uint8)
+    video[..., 0] = np.arange(64, dtype=np.uint8)[None, None, :]
+    video[..., 1], video[..., 2] = 10, 200
+    outs = [
+        transforms.augment(
+            video, np.random.default_rng(i), flip=True, max_zoom=2.0, permute_channels=True
+        )
+        for i in range(60)
+    ]
+    spans, blue_channels = [], set()
+    for out, mirrored in outs:
+        assert out.shape == video.shape
+        (red,) = [c for c in range(3) if out[0, 0, :, c].std() > 1]
+        blue_channels.add(int(np.argmax(out[0, 0, 5] == 200)))
+        row = out[0, 0, :, red].astype(int)
+        # Windows of 32..64 columns shown at 64: first-to-last differences of ~31..63.
+        spans.append(abs(row[-1] - row[0]))
+        assert (row[-1] < row[0]) == mirrored
+    assert 28 <= min(spans) < 40 and max(spans) > 55
+    assert 15 < sum(m for _, m in outs) < 45
+    assert blue_channels == {0, 1, 2}
+    again, _ = transforms.augment(
+        video, np.random.default_rng(7), flip=True, max_zoom=2.0, permute_channels=True
+    )
+    np.testing.assert_array_equal(again, outs[7][0])
+    plain, mirrored = transforms.augment(video, np.random.default_rng(0))
+    assert not mirrored and np.array_equal(plain, video)
+    with pytest.raises(ValueError, match=r"max_zoom=0.5 \(config.data.augment.max_zoom\)"):
+        transforms.augment(video, np.random.default_rng(0), max_zoom=0.5)
+
+
+def test_train_source_augments_train_clips_only_and_mirrors_captions():
+    config = ml_collections.ConfigDict(
+        {"data": config_lib.data_config(), "eval": {"path": ""}, "seed": 0}
+    )
+    config.data.update(name="real_clips", num_frames=3, resolution=16)
+    plain = sources.train_source(config)
+    assert isinstance(plain, real_clips.RealClips)  # nothing asked, nothing wrapped
+    config.data.augment.update(flip=True, permute_channels=True)
+    augmented = sources.train_source(config)
+    assert augmented.keys == plain.keys and len(augmented) == len(plain)
+    changed = 0
+    for i in range(12):
+        a, b = augmented[i], plain[i]
+        assert a["video"].shape == b["video"].shape
+        assert a["caption"] in (b["caption"], sources.mirror_caption(b["caption"]))
+        assert _digest(augmented[i]["video"]) == _digest(a["video"])  # a function of i
+        changed += _digest(a["video"]) != _digest(b["video"])
+    assert changed >= 8
+    assert sources.mirror_caption("a camera pans up and to the left and rolls") == (
+        "a camera pans up and to the right and rolls"
+    )
+    assert sources.mirror_caption("a bright leftover") == "a bright leftover"
 
 
 # ---------------------------------------------------------------- moving digits
@@ -278,6 +339,82 @@ def test_video_folder_short_files_skip_and_its_errors(tmp_path, caplog):
         VideoFolder(tmp_path, "eval", num_frames=16, resolution=16, short_files="skip")
 
 
+def test_config_short_files_reaches_the_folder_and_mixtures_sum_the_counts(tmp_path):
+    _short_folder(tmp_path)
+    config = ml_collections.ConfigDict(
+        {"data": config_lib.data_config(), "eval": {"path": ""}, "seed": 0}
+    )
+    config.data.update(path=str(tmp_path), num_frames=6, resolution=16)
+    # Generated data has no files to be short; a mixture counts its parts' short files.
+    assert (
+        pipeline.make_source("moving_digits", "train", num_frames=6, resolution=16).short_files == 0
+    )
+    padded = sources.make_source(config, "moving_digits+video_folder", "train")
+    assert padded.short_files == 2 and len(padded.sources[1].files) == 3
+    config.data.short_files = "skip"
+    skipped = sources.make_source(config, "moving_digits+video_folder", "train")
+    assert skipped.short_files == 2 and skipped.sources[1].files == ["long.mp4"]
+    # A typo is caught whatever the data, not first on the day it is a folder.
+    config.data.short_files = "drop"
+    with pytest.raises(
+        ValueError,
+        match=r"short_files='drop' \(config.data.short_files\); use one of \('pad', 'skip'\)",
+    ):
+        sources.make_source(config, "moving_digits", "train")
+
+
+class _Numbered:
+    """A source whose example i is (name, i): shows which item a mixture reads."""
+
+    keys = ("video",)
+    skipped_files = short_files = 0
+
+    def __init__(self, name, length):
+        self.name, self.length = name, length
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        return (self.name, index)
+
+
+def test_mixture_shares_spread_evenly_and_read_every_item():
+    equal = MixtureSource([_Numbered("a", 3), _Numbered("b", 2)])
+    # Equal shares: item i from source i % n, as before weights existed.
+    assert [equal[i] for i in range(len(equal))] == [
+        ("a", 0),
+        ("b", 0),
+        ("a", 1),
+        ("b", 1),
+        ("a", 2),
+        ("b", 0),
+    ]
+    weighted = MixtureSource([_Numbered("a", 2), _Numbered("b", 6)], [1, 3])
+    items = [weighted[i] for i in range(len(weighted))]
+    assert len(weighted) == 8 and [name for name, _ in items] == list("babbbabb")
+    assert sorted(i for name, i in items if name == "b") == list(range(6))
+    with pytest.raises(ValueError, match=r"weights \[1, 0\] for 2 sources"):
+        MixtureSource([_Numbered("a", 2), _Numbered("b", 2)], [1, 0])
+
+
+def test_spec_shares_and_their_errors():
+    assert sources.parse_spec("moving_digits + real_clips*3") == [
+        ("moving_digits", 1),
+        ("real_clips", 3),
+    ]
+    assert sources.spec_parts("moving_digits+real_clips*3") == ["moving_digits", "real_clips"]
+    config = ml_collections.ConfigDict(
+        {"data": config_lib.data_config(), "eval": {"path": ""}, "seed": 0}
+    )
+    config.data.update(num_frames=3, resolution=16)
+    mixed = sources.make_source(config, "moving_digits+real_clips*3", "eval", num_examples=40)
+    assert [len(s) for s in mixed.sources] == [10, 30] and mixed.weights == [1, 3]
+    for bad in ("real_clips*0", "real_clips*x", "real_clips*"):
+        with pytest.raises(ValueError, match=f"share .*positive integer after '\\*'"):
+            sources.parse_spec(f"moving_digits+{bad}")
+
+
 def test_video_folder_read_failure_falls_back_to_next_file(tmp_path, caplog):
     _write_video(tmp_path / "a.mp4", 10)
     _write_video(tmp_path / "b.mp4", 10, shade=150)
@@ -335,7 +472,9 @@ def test_tfds_source_with_mock_data():
 
 def test_make_source_rejects_unknown_names_and_splits():
     with pytest.raises(
-        ValueError, match="'kinetics'.*moving_digits, real_clips, video_folder, tfds:<name>"
+        ValueError,
+        match="'kinetics'.*moving_digits, real_clips, real_clips_same_sources, video_folder, "
+        "tfds:<name>",
     ):
         pipeline.make_source("kinetics", "train", num_frames=4, resolution=16)
     with pytest.raises(ValueError, match="'test'"):

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from videogen.data import camera_motion, real_clips
+from videogen.data import camera_motion, pipeline, real_clips
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,6 +93,32 @@ def test_examples_are_a_function_of_seed_split_and_index():
     cross = clips("eval_same_sources")
     assert cross[photo]["source"] == first[photo]["source"]
     assert _digest(cross[photo]["video"]) != _digest(first[photo]["video"])
+
+
+def test_real_clips_same_sources_is_the_cross_check_for_eval_configs_only():
+    """The name configs list in eval.datasets for the memorisation cross-check."""
+    source = pipeline.make_source(
+        "real_clips_same_sources", "eval", num_frames=3, resolution=16, num_examples=4, seed=2
+    )
+    direct = real_clips.RealClips(
+        "eval_same_sources", num_frames=3, resolution=16, num_examples=4, seed=2
+    )
+    assert len(source) == 4
+    train_keys = [s.key for s in real_clips.split_sources("train")]
+    for i in range(4):
+        assert source[i]["source"] == train_keys[i]
+        assert _digest(source[i]["video"]) == _digest(direct[i]["video"])
+    # Batches keep the key of every clip, which the evaluator groups its PSNRs by.
+    batch = next(
+        pipeline.make_iterator(
+            source, global_batch_size=4, shuffle=False, seed=0, fields=("video", "source")
+        )
+    )
+    assert list(batch["source"]) == train_keys[:4]
+    with pytest.raises(
+        ValueError, match="'real_clips_same_sources' has no 'train' split.*'real_clips'"
+    ):
+        pipeline.make_source("real_clips_same_sources", "train", num_frames=3, resolution=16)
 
 
 def test_video_frames_train_first_80_percent_cross_check_the_rest_eval_all():

@@ -183,6 +183,15 @@ def data_config() -> ml_collections.ConfigDict:
             frame_stride=1,
             resolution=128,
             worker_count=0,
+            # Video files shorter than a clip (a still renamed .mp4 decodes as 1 frame):
+            # "pad" repeats their last frame, "skip" leaves them out. Counted either way
+            # (data/short_files in the training metrics).
+            short_files="pad",
+            # Train clips only (videogen/data/transforms.py `augment`): mirror images, a
+            # zoom-in by up to max_zoom, the colour channels in a random order.
+            augment=ml_collections.ConfigDict(
+                dict(flip=False, max_zoom=1.0, permute_channels=False)
+            ),
             # Appended to a "data not found" error: where the data must be, and what to run instead.
             missing_hint="",
         )

@@ -203,6 +203,7 @@ class MovingDigits:
 
     keys = ("video", "label", "caption", "audio", "image_id")
     skipped_files = 0
+    short_files = 0
 
     def __init__(
         self,

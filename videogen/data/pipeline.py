@@ -4,7 +4,8 @@ Every source yields dicts with at least
   video    uint8 [T, H, W, 3]
   label    int32 []
   caption  str
-and moving_digits adds `audio` float32 [S] and `image_id` int32 [].
+moving_digits adds `audio` float32 [S] and `image_id` int32 [], and real_clips
+adds `source` str (the video or photograph a clip shows, for per-source reports).
 """
 
 from __future__ import annotations
@@ -18,9 +19,15 @@ import grain
 from videogen.data import moving_digits
 from videogen.data.real_clips import RealClips
 from videogen.data.tfds_source import TfdsSource
-from videogen.data.video_folder import VideoFolder
+from videogen.data.video_folder import SHORT_FILES, VideoFolder
 
-KNOWN_NAMES = ("moving_digits", "real_clips", "video_folder", "tfds:<name>")
+KNOWN_NAMES = (
+    "moving_digits",
+    "real_clips",
+    "real_clips_same_sources",
+    "video_folder",
+    "tfds:<name>",
+)
 SPLITS = ("train", "eval")
 
 
@@ -29,20 +36,12 @@ class VideoSource(Protocol):
 
     keys: tuple[str, ...]
     skipped_files: int
+    # Files shorter than a clip (padded or skipped); 0 for generated and bundled data.
+    short_files: int
 
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> dict[str, Any]: ...
-
-
-def content_version(name: str) -> int:
-    """Version of what an embedded dataset shows (0 for data read from disk).
-
-    Part of the cache key of anything computed from a dataset's clips, so a
-    change to the embedded data is never answered from an old cache.
-    """
-    versions = {"moving_digits": moving_digits.VERSION}
-    return max(versions.get(part, 0) for part in name.split("+"))
 
 
 def make_source(
@@ -59,6 +58,7 @@ def make_source(
     temporal_windows: int = 1,
     spatial_crops: int = 1,
     with_audio: bool = False,
+    short_files: str = "pad",
 ) -> VideoSource:
     """Builds the source `name` for `split` ("train" or "eval").
 
@@ -73,9 +73,21 @@ def make_source(
         (evaluation protocols' real-clip sampling); "video_folder" only.
       with_audio: "video_folder" also decodes each clip's audio track (`audio`,
         `has_audio`); moving_digits always yields its soundtrack.
+      short_files: "pad" or "skip" the files of a "video_folder" shorter than a clip
+        (videogen/data/video_folder.py); checked for every name, so a typo never waits
+        for the day the data is a folder.
+
+    "real_clips_same_sources" is the eval split of real_clips' cross-check: the training
+    sources' held-out frames and new camera paths (real_clips.py), for eval only.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    if short_files not in SHORT_FILES:
+        raise ValueError(
+            f"short_files={short_files!r} (config.data.short_files); use one of "
+            f"{SHORT_FILES}: 'pad' repeats the last frame of a video file shorter than a "
+            "clip, 'skip' leaves the file out."
+        )
     if temporal_windows * spatial_crops > 1 and name != "video_folder":
         raise ValueError(
             f"dataset {name!r} has no multi-view eval sampling (temporal_windows="
@@ -90,6 +102,14 @@ def make_source(
         return moving_digits.MovingDigits(split, frame_stride=frame_stride, **common)
     if name == "real_clips":
         return RealClips(split, frame_stride=frame_stride, **common)
+    if name == "real_clips_same_sources":
+        if split != "eval":
+            raise ValueError(
+                f"dataset 'real_clips_same_sources' has no {split!r} split: it is the held-out "
+                "cross-check of real_clips' training sources, for evaluation only; train on "
+                "'real_clips'."
+            )
+        return RealClips("eval_same_sources", frame_stride=frame_stride, **common)
     if name == "video_folder":
         if path is None:
             raise ValueError("dataset 'video_folder' needs path=<folder of video files>.")
@@ -100,6 +120,7 @@ def make_source(
             temporal_windows=temporal_windows,
             spatial_crops=spatial_crops,
             with_audio=with_audio,
+            short_files=short_files,
             **common,
         )
     if name.startswith("tfds:") and len(name) > len("tfds:"):

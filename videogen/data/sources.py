@@ -1,26 +1,31 @@
 """Sources from a config's dataset specs: the one grammar for naming data in configs.
 
-A dataset spec is a source name (`moving_digits`, `real_clips`, `video_folder`,
-`tfds:<name>`) or several joined by "+", mixed in equal shares
-(`moving_digits+real_clips`). `data.name` is one spec; a list of datasets
-evaluated one by one (`eval.datasets`) is a tuple of specs. Clips take their
-frames, resolution and stride from the config's `data` block, so training and
-evaluation clips agree unless a caller asks for other frames.
+A dataset spec is a source name (`moving_digits`, `real_clips`,
+`real_clips_same_sources` (eval only), `video_folder`, `tfds:<name>`) or several
+joined by "+", mixed in equal shares (`moving_digits+real_clips`) or in the integer
+shares written after "*" (`moving_digits+real_clips*3`: three real clips to every
+digit clip). `data.name` is one spec; a list of datasets evaluated one by one
+(`eval.datasets`) is a tuple of specs. Clips take their frames, resolution and
+stride from the config's `data` block, so training and evaluation clips agree
+unless a caller asks for other frames.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import re
+from typing import Any
 
 import ml_collections
+import numpy as np
 
-from videogen.data import moving_digits, pipeline, real_clips
+from videogen.data import moving_digits, pipeline, real_clips, transforms
 from videogen.data.mixture import MixtureSource
 from videogen.data.video_folder import VideoFolder
 
 
-def spec_parts(spec: str) -> list[str]:
-    """The source names of one dataset spec ("a+b" -> ["a", "b"])."""
+def parse_spec(spec: str) -> list[tuple[str, int]]:
+    """(source name, share) of each part of one dataset spec: "a+b*3" -> [("a", 1), ("b", 3)]."""
     if not isinstance(spec, str):
         raise ValueError(
             f"dataset spec {spec!r} is not a string; a spec is a name or names joined by '+', "
@@ -32,13 +37,26 @@ def spec_parts(spec: str) -> list[str]:
             "e.g. --config.eval.datasets=\"('moving_digits', 'real_clips')\", and '+' mixes "
             "sources into one."
         )
-    parts = [part.strip() for part in spec.split("+")]
-    if not all(parts):
-        raise ValueError(
-            f"dataset spec {spec!r} has an empty name; join names by '+', e.g. "
-            "'moving_digits+real_clips'."
-        )
-    return parts
+    parsed = []
+    for part in spec.split("+"):
+        name, star, share = (p.strip() for p in part.partition("*"))
+        if not name:
+            raise ValueError(
+                f"dataset spec {spec!r} has an empty name; join names by '+', e.g. "
+                "'moving_digits+real_clips'."
+            )
+        if star and not (share.isdigit() and int(share) > 0):
+            raise ValueError(
+                f"dataset spec {spec!r} gives {name!r} the share {share!r}; a share is a "
+                "positive integer after '*', e.g. 'moving_digits+real_clips*3'."
+            )
+        parsed.append((name, int(share) if star else 1))
+    return parsed
+
+
+def spec_parts(spec: str) -> list[str]:
+    """The source names of one dataset spec ("a+b*3" -> ["a", "b"])."""
+    return [name for name, _ in parse_spec(spec)]
 
 
 def spec_list(specs: Sequence[str]) -> list[str]:
@@ -60,7 +78,11 @@ def content_version(spec: str) -> int:
     Part of the cache key of anything computed from a dataset's clips, so a
     change to the embedded data is never answered from an old cache.
     """
-    versions = {"moving_digits": moving_digits.VERSION, "real_clips": real_clips.VERSION}
+    versions = {
+        "moving_digits": moving_digits.VERSION,
+        "real_clips": real_clips.VERSION,
+        "real_clips_same_sources": real_clips.VERSION,
+    }
     return max(versions.get(part, 0) for part in spec_parts(spec))
 
 
@@ -78,16 +100,17 @@ def make_source(
     """The source of `spec` for `split`, with the clip shape of `config.data`.
 
     Files come from `data.path` for "train" and from `eval.path` (else
-    `data.path`) for "eval". In a mixture each part gets an equal share of
+    `data.path`) for "eval". In a mixture each part gets its share of
     `num_examples`. `num_frames` overrides `data.num_frames` (e.g. an FVD
     protocol's clip length). `with_audio` asks file sources for their audio tracks.
     `temporal_windows x spatial_crops` views of each eval video (video folders only):
-    an evaluation protocol's real-clip sampling.
+    an evaluation protocol's real-clip sampling. `data.short_files` says what a video
+    folder does with files shorter than a clip ("pad" or "skip").
     """
     data = config.data
     path = data.path if split == "train" else config.eval.path or data.path
-    parts = spec_parts(spec)
-    share = None if num_examples is None else -(-num_examples // len(parts))
+    parts = parse_spec(spec)
+    total = sum(share for _, share in parts)
     sources = [
         pipeline.make_source(
             name,
@@ -97,14 +120,21 @@ def make_source(
             frame_stride=data.frame_stride,
             seed=config.seed,
             path=path or None,
-            num_examples=num_examples if len(parts) == 1 else share,
+            num_examples=(
+                num_examples
+                if num_examples is None or len(parts) == 1
+                else -(-num_examples * share // total)
+            ),
             with_audio=with_audio,
             temporal_windows=temporal_windows,
             spatial_crops=spatial_crops,
+            short_files=data.short_files,
         )
-        for name in parts
+        for name, share in parts
     ]
-    return sources[0] if len(sources) == 1 else MixtureSource(sources)
+    if len(sources) == 1:
+        return sources[0]
+    return MixtureSource(sources, [share for _, share in parts])
 
 
 def distinct_videos(source: pipeline.VideoSource) -> int | None:
@@ -114,17 +144,71 @@ def distinct_videos(source: pipeline.VideoSource) -> int | None:
     return source.num_videos if isinstance(source, VideoFolder) else None
 
 
+# Seeds augmentation draws apart from the sources' own draws for the same (seed, index).
+_AUGMENT_STREAM = 0xA06
+
+
+def mirror_caption(caption: str) -> str:
+    """`caption` of a mirrored clip: "left" and "right" swapped ("pans to the left")."""
+    return re.sub(
+        r"\b(left|right)\b", lambda m: "right" if m.group(1) == "left" else "left", caption
+    )
+
+
+class AugmentedSource:
+    """The examples of `source` with `transforms.augment` applied to their `video`, drawn
+    from (seed, index) so that the same example always gets the same augmentation; the
+    caption of a mirrored clip swaps left and right."""
+
+    def __init__(
+        self,
+        source: pipeline.VideoSource,
+        *,
+        seed: int,
+        flip: bool,
+        max_zoom: float,
+        permute_channels: bool,
+    ):
+        self.source, self.seed = source, seed
+        self.options = dict(flip=flip, max_zoom=max_zoom, permute_channels=permute_channels)
+        self.keys = source.keys
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = dict(self.source[index])
+        rng = np.random.default_rng((self.seed, _AUGMENT_STREAM, int(index)))
+        example["video"], mirrored = transforms.augment(example["video"], rng, **self.options)
+        if mirrored and "caption" in example:
+            example["caption"] = mirror_caption(str(example["caption"]))
+        return example
+
+    @property
+    def skipped_files(self) -> int:
+        return self.source.skipped_files
+
+    @property
+    def short_files(self) -> int:
+        return self.source.short_files
+
+
 def train_source(
     config: ml_collections.ConfigDict, *, with_audio: bool = False
 ) -> pipeline.VideoSource:
-    """The training source of `config.data.name`; a missing dataset's error carries
+    """The training source of `config.data.name`, augmented as `data.augment` says (train
+    clips only: held-out clips are never augmented); a missing dataset's error carries
     `data.missing_hint` (where the data must be, and what to run instead)."""
     try:
-        return make_source(config, config.data.name, "train", with_audio=with_audio)
+        source = make_source(config, config.data.name, "train", with_audio=with_audio)
     except (ValueError, FileNotFoundError) as e:
         if not config.data.missing_hint:
             raise
         raise type(e)(f"{e}\n{config.data.missing_hint}") from e
+    augment = config.data.augment
+    if not (augment.flip or augment.max_zoom != 1.0 or augment.permute_channels):
+        return source
+    return AugmentedSource(source, seed=config.seed, **augment.to_dict())
 
 
 def eval_batches(

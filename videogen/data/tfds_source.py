@@ -79,6 +79,7 @@ class TfdsSource:
 
     keys = ("video", "label", "caption")
     skipped_files = 0
+    short_files = 0
 
     def __init__(
         self,

@@ -108,6 +108,7 @@ class TokenSource:
 
     keys = ("tokens", "label")
     skipped_files = 0
+    short_files = 0
 
     def __init__(self, directory: str):
         self.meta = read_meta(directory)

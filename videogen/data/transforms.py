@@ -142,6 +142,42 @@ def crop_and_resize(
     return resize_video(square, resolution)
 
 
+def augment(
+    video: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    flip: bool = False,
+    max_zoom: float = 1.0,
+    permute_channels: bool = False,
+) -> tuple[np.ndarray, bool]:
+    """Train-time augmentation of uint8 [T, H, W, C], the same for every frame.
+
+    A zoom-in by up to `max_zoom` (a window whose sides are a fraction drawn
+    uniformly from [1 / max_zoom, 1] of the clip's, at a random place, resized
+    back to H x W: finer detail is no sharper than at the clip size), a mirror
+    image with probability 1/2 (`flip`), and the colour channels in one of their
+    C! orders (`permute_channels`: every hue the training data has, in every
+    other colour). Returns the clip and whether it was mirrored, so a caption
+    that says left or right can follow.
+    """
+    if max_zoom < 1.0:
+        raise ValueError(
+            f"max_zoom={max_zoom} (config.data.augment.max_zoom); it is the largest zoom-in "
+            "factor, so >= 1 (1 turns the zoom off)."
+        )
+    height, width = video.shape[1:3]
+    if max_zoom > 1.0:
+        scale = rng.uniform(1.0 / max_zoom, 1.0)
+        window = (max(1, round(height * scale)), max(1, round(width * scale)))
+        video = resize_video(random_crop(video, window, rng), (height, width))
+    mirrored = bool(flip and rng.random() < 0.5)
+    if mirrored:
+        video = video[:, :, ::-1]
+    if permute_channels:
+        video = video[..., rng.permutation(video.shape[-1])]
+    return np.ascontiguousarray(video), mirrored
+
+
 def sample_clip(
     frames: np.ndarray,
     *,

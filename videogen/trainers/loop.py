@@ -426,6 +426,7 @@ def train_and_evaluate(
                     values = trainer.host_metrics(values)
                 check_finite(values, step)
                 values["data/skipped_files"] = float(trainer.train_source.skipped_files)
+                values["data/short_files"] = float(trainer.train_source.short_files)
                 writer.write_scalars(step, values)
                 history.append({"step": step, **values})
             every = config.eval.every_steps
