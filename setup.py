@@ -41,7 +41,9 @@ setup(
     packages=find_packages(include=["videogen", "videogen.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
+    # IPython: tests/test_notebooks.py runs the notebooks' cells outside a kernel (Jupyter and
+    # Colab bring their own IPython, which installing videogen must not replace).
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ipython==9.18.1"]},
     # `videogen encode|decode|export` (videogen/cli.py); also `python -m videogen.cli`.
     entry_points={"console_scripts": ["videogen=videogen.cli:main"]},
 )

@@ -103,7 +103,16 @@ def videopoet_config() -> ml_collections.ConfigDict:
     c.optimizer.end_lr_fraction = 0.1
     config_lib.add_run_settings(c)
     c.sampling = ml_collections.ConfigDict(
-        dict(temperature=1.0, top_k=0, top_p=1.0, guidance_scale=3.0)  # ours
+        dict(
+            temperature=1.0,  # ours, as the rest of this dict (0: greedy)
+            top_k=0,
+            top_p=1.0,
+            guidance_scale=3.0,
+            # Audio segments' own settings; None: the video's.
+            audio_temperature=config_lib.optional(None, float),
+            audio_top_k=config_lib.optional(None, int),
+            audio_top_p=config_lib.optional(None, float),
+        )
     )
     c.eval = ml_collections.ConfigDict(
         dict(

@@ -1,8 +1,8 @@
 """KV-cache autoregressive sampling of the prefix LM: logits filtering (segment range,
-temperature, top-k, top-p), samples that never leave their segment's id range, greedy
-decoding equal to the full pass, top-k = 1 and a tiny top-p equal to greedy, classifier-free
-guidance (scale 1 = conditional, 0 = unconditional, 3 = the guided argmax), long-video
-extension and task chaining."""
+temperature, top-k, top-p, per-row settings), samples that never leave their segment's id
+range, greedy decoding equal to the full pass, top-k = 1 and a tiny top-p equal to greedy,
+audio segments at their own temperature, classifier-free guidance (scale 1 = conditional,
+0 = unconditional, 3 = the guided argmax), long-video extension and task chaining."""
 
 import types
 
@@ -24,10 +24,17 @@ from videogen.sampling.autoregressive import (
 from videogen.tasks.videopoet_layout import SequenceLayout, TaskInputs, drop_text
 from videogen.tasks.videopoet_vocab import Vocabulary
 
-# 4-bit codes as 2 x 2-bit sub-tokens: each visual position may take one of 4 ids.
-VOCAB = Vocabulary(visual_codes=2**4, visual_factors=2, audio_levels=0)
+# 4-bit codes as 2 x 2-bit sub-tokens: each visual position may take one of 4 ids; one
+# audio level of 8 codes, 8 frames per clip (AVCont is given the first 2).
+VOCAB = Vocabulary(visual_codes=2**4, visual_factors=2, audio_levels=1, audio_codebook_size=8)
 LAYOUT = SequenceLayout(
-    VOCAB, (3, 2, 2), ("t2v", "fp", "i2v", "outpaint"), text_dim=6, max_text_tokens=4
+    VOCAB,
+    (3, 2, 2),
+    ("t2v", "fp", "i2v", "outpaint", "avcont"),
+    audio_frames=8,
+    text_dim=6,
+    max_text_tokens=4,
+    avcont_audio_frames=2,
 )
 B = 3
 
@@ -85,6 +92,17 @@ def test_filter_keeps_the_allowed_range_then_top_k_then_the_nucleus():
     assert _kept(top_k=2, top_p=0.99) == [1, 2]
     scaled = filter_logits(LOGITS, FIRST_FIVE, temperature=2.0, top_k=0, top_p=1.0)
     np.testing.assert_allclose(scaled[0, :5], LOGITS[0, :5] / 2.0, rtol=1e-6)
+    # One setting per row filters each row as that setting alone would.
+    rows = filter_logits(
+        jnp.repeat(LOGITS, 2, axis=0),
+        jnp.repeat(FIRST_FIVE, 2, axis=0),
+        temperature=jnp.array([1.0, 2.0]),
+        top_k=jnp.array([2, 0]),
+        top_p=jnp.array([1.0, 0.6]),
+    )
+    alone = filter_logits(LOGITS, FIRST_FIVE, temperature=2.0, top_k=0, top_p=0.6)
+    assert np.flatnonzero(np.isfinite(np.asarray(rows[0]))).tolist() == [1, 2]
+    np.testing.assert_array_equal(rows[1], alone[0])
 
 
 def test_temperature_zero_is_the_argmax_within_the_range():
@@ -148,6 +166,47 @@ def test_greedy_sampling_equals_the_argmax_of_the_full_pass(setup):
         filtered = sample(setup.model, setup.batch, jax.random.key(5), **hot, **filtering)
         np.testing.assert_array_equal(np.asarray(filtered), tokens, err_msg=str(filtering))
     assert (np.asarray(sample(setup.model, setup.batch, jax.random.key(5), **hot)) != tokens).any()
+
+
+def test_audio_segments_sample_at_their_own_temperature(setup):
+    """AVCont with video at temperature 1 and audio at 0: every audio token is the argmax
+    of the full pass over the sampled sequence, some video token is not; with the audio
+    left at the video's temperature some audio token is not either (the same compiled
+    program: the settings are traced)."""
+    rng = np.random.default_rng(7)
+    inputs = TaskInputs(
+        video=rng.integers(0, 16, (B, 3, 2, 2)), audio=rng.integers(0, 8, (B, 1, 8))
+    )
+    batch = LAYOUT.build("avcont", inputs)
+    # Position p's token was drawn from the range of p - 1's next_range.
+    lowest = np.zeros_like(batch.next_range[..., 0])
+    lowest[:, 1:] = batch.next_range[:, :-1, 0]
+    audio = batch.loss_mask & (lowest >= VOCAB.audio_start)
+    video = batch.loss_mask & (lowest >= VOCAB.visual_start) & (lowest < VOCAB.audio_start)
+    assert audio.sum() == B * 6 and video.sum() == B * 2 * 2 * 2 * 2
+
+    def greedy_where(seed, **audio_settings):
+        tokens = np.asarray(
+            sample(
+                setup.model,
+                batch,
+                jax.random.key(seed),
+                temperature=1.0,
+                audio_start=VOCAB.audio_start,
+                **audio_settings,
+            )
+        )
+        return tokens == _greedy_from_full_pass(setup, batch, tokens)
+
+    video_sampled = audio_sampled = False
+    for seed in range(4):
+        greedy = greedy_where(seed, audio_temperature=0.0)
+        assert greedy[audio].all(), seed
+        video_sampled |= not greedy[video].all()
+        audio_sampled |= not greedy_where(seed)[audio].all()
+    assert video_sampled and audio_sampled
+    with pytest.raises(ValueError, match="need audio_start"):
+        sample(setup.model, batch, jax.random.key(0), audio_temperature=0.0)
 
 
 def test_guidance_scale_one_is_conditional_zero_unconditional(setup):

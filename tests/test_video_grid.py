@@ -1,4 +1,5 @@
-"""Video grids and GIF / MP4 writing: geometry, and round-trips through the real decoders."""
+"""Video grids and GIF / MP4 writing: geometry, and round-trips through the real decoders;
+MP4s with sound and grids that play each column with its sound."""
 
 import av
 import numpy as np
@@ -143,3 +144,56 @@ def test_writers_reject_float_frames(tmp_path):
     for writer in (video_grid.write_gif, video_grid.write_mp4):
         with pytest.raises(ValueError, match="uint8"):
             writer(tmp_path / "x", frames, fps=8)
+
+
+def test_mp4_with_sound_round_trips_a_440_hz_tone(tmp_path):
+    """A 1 s clip with a 440 Hz tone decodes to an audio stream of 1 s (within one audio
+    frame) whose spectrum peaks at 440 Hz (within one FFT bin), beside the video."""
+    rate, seconds = 16_000, 1.0
+    tone = 0.5 * np.sin(2 * np.pi * 440.0 * np.arange(int(rate * seconds)) / rate)
+    frames = _smooth_video(t=8, h=16, w=16)
+    path = video_grid.write_mp4(tmp_path / "tone.mp4", frames, fps=8, audio=tone, sample_rate=rate)
+    with av.open(path) as container:
+        assert container.streams.video[0].frames == 8
+        stream = container.streams.audio[0]
+        assert stream.codec_context.name == video_grid.mp4_audio_encoder()
+        assert stream.sample_rate == rate
+        decoded = list(container.decode(stream))
+        frame = max(f.samples for f in decoded)
+        duration = float(stream.duration * stream.time_base)
+        sound = np.concatenate([f.to_ndarray().reshape(-1) for f in decoded])
+    assert abs(duration - seconds) <= frame / rate, duration
+    assert abs(sound.shape[0] - tone.shape[0]) <= frame, sound.shape
+    spectrum = np.abs(np.fft.rfft(sound))
+    assert abs(np.argmax(spectrum) * rate / sound.shape[0] - 440.0) <= rate / sound.shape[0]
+
+
+def test_sound_grid_plays_each_column_with_its_sound(tmp_path):
+    """Pass i lights column i (the rest dimmed) while sound i plays; a pass lasts the longer
+    of the clip and the sound, the clip holding its last frame, the sound padded with
+    silence."""
+    video = _numbered_videos(b=2, t=3, h=4, w=6, offset=100)
+    rate, fps = 100, 4.0  # 25 samples a frame
+    sounds = np.random.default_rng(0).uniform(-1, 1, (2, 90)).astype(np.float32)
+    grid = video_grid.make_grid([video], pad=2)
+    frames, track = video_grid.make_sound_grid([video], sounds, fps=fps, sample_rate=rate, dim=0.5)
+    # 90 samples = 3.6 frames -> passes of 4 frames and 100 samples.
+    assert frames.shape == (8,) + grid.shape[1:] and track.shape == (200,)
+    for i in range(2):
+        np.testing.assert_array_equal(track[100 * i : 100 * i + 90], sounds[i])
+        assert not track[100 * i + 90 : 100 * (i + 1)].any()
+        lit = slice(2 + 8 * i, 8 + 8 * i)
+        other = slice(2 + 8 * (1 - i), 8 + 8 * (1 - i))
+        for t in range(4):
+            shown = grid[min(t, 2)]
+            np.testing.assert_array_equal(frames[4 * i + t][:, lit], shown[:, lit])
+            np.testing.assert_array_equal(
+                frames[4 * i + t][:, other], np.round(shown[:, other] * 0.5).astype(np.uint8)
+            )
+    # A clip longer than its sound sets the pass length: 3 frames, 75 samples.
+    frames, track = video_grid.make_sound_grid([video], sounds[:, :10], fps=fps, sample_rate=rate)
+    assert frames.shape[0] == 6 and track.shape == (150,)
+    with pytest.raises(ValueError, match="a sound for each of the 2 columns"):
+        video_grid.make_sound_grid([video], sounds[:1], fps=fps, sample_rate=rate)
+    with pytest.raises(ValueError, match="sample_rate"):
+        video_grid.write_mp4(tmp_path / "x.mp4", grid, fps=fps, audio=track)

@@ -3,7 +3,9 @@ assembled in the step equal the layout's, start-up errors, every experiment runs
 resume, the held-out evaluation of every task, and the motion-direction check."""
 
 import json
+import wave
 
+import av
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,6 +194,17 @@ def test_quickstart_trains_two_steps_then_samples_and_scores_every_task(
         assert (samples / f"{task}_step0000002.gif").exists(), task
     for task in ("avcont", "v2a"):
         assert len(list(samples.glob(f"{task}_audio_step0000002_*.wav"))) >= 2, task
+    # Tasks with sound (A2V: the audio it was given) also play their grid with it; the
+    # MP4's soundtrack lasts as long as the WAV beside it (AAC: within one frame).
+    for task in ("avcont", "v2a", "a2v"):
+        with wave.open(str(samples / f"{task}_sound_step0000002.wav")) as wav:
+            seconds = wav.getnframes() / wav.getframerate()
+        with av.open(str(samples / f"{task}_sound_step0000002.mp4")) as container:
+            stream = container.streams.audio[0]
+            duration = float(stream.duration * stream.time_base)
+        assert abs(duration - seconds) <= 1024 / stream.sample_rate, (task, duration, seconds)
+        assert seconds >= config.eval.grid_examples * config.data.num_frames / config.eval.fps
+    assert not list(samples.glob("t2v_sound_*"))
     # --mode=sample: the same samplers on the latest checkpoint, grids and WAV files.
     paths = videogen_main.run(config, str(tmp_path), "sample")
     assert set(paths) == set(config.eval.tasks)

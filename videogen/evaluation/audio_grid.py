@@ -1,4 +1,5 @@
-"""Audio samples: WAV files, log-mel spectrogram images and input | reconstruction grids.
+"""Audio samples: WAV files, log-mel spectrogram images, input | reconstruction grids and
+video grids with sound.
 
 Follows video_grid: files go to <workdir>/samples/ (gs:// paths work through
 etils.epath). A spectrogram grid shows one example per row, the input on the
@@ -149,6 +150,27 @@ def save_audio_grid(
     png.write_bytes(buffer.getvalue())
     paths.append(os.fspath(png))
     return paths
+
+
+def save_sound_grid(
+    workdir: str,
+    stem: str,
+    rows: list[UInt8[np.ndarray, "b T H W 3"]],
+    audio: Float[np.ndarray, "b s"],
+    *,
+    fps: float,
+    sample_rate: int,
+    max_examples: int = 8,
+) -> list[str]:
+    """<stem>.mp4, `video_grid.make_sound_grid` of `rows` and `audio` (each column's clip
+    with its sound in turn), and <stem>.wav, that soundtrack uncompressed, under
+    <workdir>/samples (gs:// works); returns the two paths."""
+    frames, track = video_grid.make_sound_grid(
+        rows, audio, fps=fps, sample_rate=sample_rate, max_examples=max_examples
+    )
+    paths = video_grid.save_grid(workdir, stem, frames, fps, audio=track, sample_rate=sample_rate)
+    wav = epath.Path(workdir) / "samples" / f"{stem}.wav"
+    return paths + [write_wav(wav, track, sample_rate)]
 
 
 def audio_summaries(

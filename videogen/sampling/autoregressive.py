@@ -12,7 +12,9 @@ shape). Each draw:
    factor's or audio level's range, or the one closing special token) get -inf, so a
    sample is always a well-formed sequence;
 3. temperature (0: argmax), top-k (0: off), then top-p (nucleus, 1: off) on the
-   tempered distribution;
+   tempered distribution; audio segments may have their own three settings
+   (``audio_temperature`` ...), since a codec's codes of a steady sound leave little
+   room for sampling noise while video needs it;
 4. a categorical draw with the key ``fold_in(key, position)``.
 
 `generate_long_video` (Sec. 8.4.5) extends a clip by frame prediction conditioned on
@@ -53,23 +55,26 @@ def filter_logits(
     logits: Float[Array, "b v"],
     allowed: Int[Array, "b 2"],
     *,
-    temperature: Float[Array, ""] | float,
-    top_k: Int[Array, ""] | int,
-    top_p: Float[Array, ""] | float,
+    temperature: Float[Array, "*b"] | float,
+    top_k: Int[Array, "*b"] | int,
+    top_p: Float[Array, "*b"] | float,
 ) -> Float[Array, "b v"]:
     """Logits restricted to ids in ``[allowed[:, 0], allowed[:, 1])``, divided by the
     temperature (unless 0), then to the ``top_k`` largest (ties kept; 0 = all), then to the
     smallest set of largest logits whose probability reaches ``top_p``; -inf elsewhere.
 
-    Every argument may be traced, so one compiled sampler serves all settings.
+    Each setting is a scalar or one value per row; every argument may be traced, so one
+    compiled sampler serves all settings.
     """
-    ids = jnp.arange(logits.shape[-1])
+    b, v = logits.shape
+    temperature, top_k, top_p = (jnp.reshape(x, (-1, 1)) for x in (temperature, top_k, top_p))
+    ids = jnp.arange(v)
     inside = (ids >= allowed[:, :1]) & (ids < allowed[:, 1:])
     logits = jnp.where(inside, logits.astype(jnp.float32), -jnp.inf)
     logits = logits / jnp.where(temperature > 0, temperature, 1.0)
     ranked = -jnp.sort(-logits, axis=-1)
-    kth = jnp.take(ranked, jnp.clip(top_k - 1, 0, logits.shape[-1] - 1), axis=-1)
-    kth = jnp.where(top_k > 0, kth, -jnp.inf)[:, None]
+    kth = jnp.take_along_axis(ranked, jnp.broadcast_to(jnp.clip(top_k - 1, 0, v - 1), (b, 1)), -1)
+    kth = jnp.where(top_k > 0, kth, -jnp.inf)
     logits = jnp.where(logits >= kth, logits, -jnp.inf)
     ranked = jnp.where(ranked >= kth, ranked, -jnp.inf)
     probs = jax.nn.softmax(ranked, axis=-1)
@@ -84,14 +89,15 @@ def sample_token(
     logits: Float[Array, "b v"],
     allowed: Int[Array, "b 2"],
     *,
-    temperature: Float[Array, ""] | float,
-    top_k: Int[Array, ""] | int,
-    top_p: Float[Array, ""] | float,
+    temperature: Float[Array, "*b"] | float,
+    top_k: Int[Array, "*b"] | int,
+    top_p: Float[Array, "*b"] | float,
 ) -> Int[Array, " b"]:
-    """One id per row from `filter_logits`; the argmax at temperature 0."""
+    """One id per row from `filter_logits`; the argmax in rows at temperature 0."""
     filtered = filter_logits(logits, allowed, temperature=temperature, top_k=top_k, top_p=top_p)
     drawn = jax.random.categorical(key, filtered, axis=-1)
-    return jnp.where(temperature > 0, drawn, jnp.argmax(filtered, axis=-1)).astype(jnp.int32)
+    greedy = jnp.reshape(temperature, (-1,)) <= 0
+    return jnp.where(greedy, jnp.argmax(filtered, axis=-1), drawn).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "prefix_length", "end", "guided"))
@@ -100,16 +106,20 @@ def _decode(
     state: nnx.State,
     batch: LayoutBatch,
     key: Array,
-    temperature: Float[Array, ""],
-    top_k: Int[Array, ""],
-    top_p: Float[Array, ""],
+    temperature: Float[Array, "2"],
+    top_k: Int[Array, "2"],
+    top_p: Float[Array, "2"],
+    audio_start: Int[Array, ""],
     guidance_scale: Float[Array, ""],
     *,
     prefix_length: int,
     end: int,
     guided: bool,
 ) -> Int[Array, "b l"]:
-    """`sample`'s compiled body; with ``guided`` the batch's second half is unconditional."""
+    """`sample`'s compiled body; with ``guided`` the batch's second half is unconditional.
+
+    The settings hold [other positions, audio positions] (ids from ``audio_start`` on).
+    """
     model: PrefixLM = nnx.merge(graphdef, state)
     tokens = batch.tokens
     rows = tokens.shape[0] // 2 if guided else tokens.shape[0]
@@ -127,13 +137,16 @@ def _decode(
     def draw(tokens, logits, position):
         if guided:
             logits = guided_logits(logits[:rows], logits[rows:], guidance_scale)
+        allowed = batch.next_range[:rows, position - 1]
+        # Audio ids are the vocabulary's last, so a segment's lowest id tells its modality.
+        audio = (allowed[:, 0] >= audio_start).astype(jnp.int32)
         token = sample_token(
             jax.random.fold_in(key, position),
             logits,
-            batch.next_range[:rows, position - 1],
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
+            allowed,
+            temperature=temperature[audio],
+            top_k=top_k[audio],
+            top_p=top_p[audio],
         )
         token = jnp.concatenate([token, token]) if guided else token
         return tokens.at[:, position].set(token), token
@@ -172,6 +185,11 @@ def _output_span(batch: LayoutBatch, name: str) -> tuple[int, int]:
     return p, end
 
 
+def _per_modality(video: float, audio: float | None, dtype) -> Array:
+    """[other positions' setting, audio positions'], as `_decode` takes it."""
+    return jnp.asarray([video, video if audio is None else audio], dtype)
+
+
 def sample(
     model: PrefixLM,
     batch: LayoutBatch,
@@ -182,13 +200,28 @@ def sample(
     top_p: float = 1.0,
     guidance_scale: float = 1.0,
     unconditional: LayoutBatch | None = None,
+    audio_start: int | None = None,
+    audio_temperature: float | None = None,
+    audio_top_k: int | None = None,
+    audio_top_p: float | None = None,
 ) -> Int[Array, "b l"]:
     """``batch.tokens`` with every output position (``batch.loss_mask``) sampled.
 
     All rows must share one task layout. ``unconditional``: the same sequences with the
     condition dropped (e.g. ``drop_text(batch)``), for classifier-free guidance at
-    ``guidance_scale``; without it the scale must stay 1.
+    ``guidance_scale``; without it the scale must stay 1. ``audio_temperature``,
+    ``audio_top_k``, ``audio_top_p``: the settings of positions that draw an audio id
+    (None: the video's); they need ``audio_start``, the vocabulary's first audio id
+    (`Vocabulary.audio_start`). All settings are traced: changing them compiles nothing.
     """
+    if audio_start is None and any(
+        x is not None for x in (audio_temperature, audio_top_k, audio_top_p)
+    ):
+        raise ValueError(
+            f"audio_temperature={audio_temperature}, audio_top_k={audio_top_k}, "
+            f"audio_top_p={audio_top_p} need audio_start, the first audio id, to find the "
+            "audio segments: pass audio_start=layout.vocab.audio_start."
+        )
     prefix_length, end = _output_span(batch, "batch")
     if unconditional is not None:
         if _output_span(unconditional, "unconditional") != (prefix_length, end) or (
@@ -210,9 +243,10 @@ def sample(
         state,
         LayoutBatch(*(jnp.asarray(a) for a in batch)),
         key,
-        jnp.float32(temperature),
-        jnp.int32(top_k),
-        jnp.float32(top_p),
+        _per_modality(temperature, audio_temperature, jnp.float32),
+        _per_modality(top_k, audio_top_k, jnp.int32),
+        _per_modality(top_p, audio_top_p, jnp.float32),
+        jnp.int32(model.vocab_size if audio_start is None else audio_start),
         jnp.float32(guidance_scale),
         prefix_length=prefix_length,
         end=end,
@@ -232,7 +266,12 @@ def _sample_task(
     batch = layout.build(task, inputs)
     guided = sampling.get("guidance_scale", 1.0) != 1.0
     tokens = sample(
-        model, batch, key, unconditional=drop_text(batch) if guided else None, **sampling
+        model,
+        batch,
+        key,
+        unconditional=drop_text(batch) if guided else None,
+        audio_start=layout.vocab.audio_start,
+        **sampling,
     )
     return layout.outputs(task, np.asarray(tokens))
 
@@ -259,8 +298,8 @@ def generate_long_video(
     ``condition_fn`` that decodes the clips, takes the last ``1 + 4 (c - 1)`` pixel frames
     and tokenizes them again. Each returned clip is a whole clip whose first
     ``condition_frames`` latent frames are its condition: decode every clip and keep the
-    frames after the condition. ``sampling``: `sample`'s keyword arguments; guidance drops
-    the text.
+    frames after the condition. ``sampling``: `sample`'s keyword arguments but
+    ``audio_start`` (the layout's); guidance drops the text.
     """
     c = layout.condition_frames
     if condition_fn is None:
@@ -300,7 +339,8 @@ def chain_tasks(
     image-to-video, then outpainting of the generated video); returns every stage's outputs.
 
     A stage that reads pixels (painting's COMMIT condition tokens) does the decoding and
-    re-tokenizing in its ``inputs`` function. ``sampling``: `sample`'s keyword arguments.
+    re-tokenizing in its ``inputs`` function. ``sampling``: `sample`'s keyword arguments
+    but ``audio_start`` (the layout's).
     """
     outputs, results = None, []
     for index, stage in enumerate(stages):

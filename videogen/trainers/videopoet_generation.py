@@ -14,7 +14,9 @@ the frozen tokenizers and scores them:
   (`audio_tokenizer.digit_of_pitch`, on the generated samples only).
 
 One ``sample | ground truth`` grid per task; tasks with audio outputs also write the
-generated soundtracks beside the real ones (WAV + spectrograms).
+generated soundtracks beside the real ones (WAV + spectrograms). Tasks with sound (audio
+outputs, or A2V's given audio) also get ``<task>_sound_step<N>.mp4``: the grid played once
+per example with that example's soundtrack (`audio_grid.save_sound_grid`; WAV beside).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from flax import nnx
 from jaxtyping import Bool, Float, UInt8
 
 from videogen.data import caption_embeddings, sources
-from videogen.evaluation import digit_classifier, evaluator, video_grid
+from videogen.evaluation import audio_grid, digit_classifier, evaluator, video_grid
 from videogen.sampling.autoregressive import sample
 from videogen.tasks.videopoet_layout import TASK_SPECS, TaskInputs, drop_text
 from videogen.trainers import loop
@@ -178,6 +180,10 @@ class VideoPoetEvaluator:
             top_p=s.top_p,
             guidance_scale=s.guidance_scale if guided else 1.0,
             unconditional=drop_text(batch) if guided else None,
+            audio_start=setup.vocab.audio_start,
+            audio_temperature=s.audio_temperature,
+            audio_top_k=s.audio_top_k,
+            audio_top_p=s.audio_top_p,
         )
         outputs = layout.outputs(task, np.asarray(tokens))
         out = {}
@@ -188,15 +194,25 @@ class VideoPoetEvaluator:
             out["audio"] = np.asarray(self._decode_audio(self._audio_state, outputs.audio))
         return out
 
+    def soundtrack(self, task: str, out: dict[str, np.ndarray], batch) -> np.ndarray | None:
+        """float32 [b, S] heard with ``task``'s grid: its generated audio, or the audio an
+        audio-conditioned task was given (A2V); None for a task without sound."""
+        if "audio" in out:
+            return out["audio"]
+        if TASK_SPECS[task].audio_input != "none":
+            return np.asarray(batch["audio"], np.float32)[:, : self.setup.audio_samples]
+        return None
+
     def __call__(self, state: nnx.State, step: int) -> loop.EvalOutput:
-        del step  # samples do not depend on it; the loop writes the report
+        """Scores and grids of every task; the grids with sound are written here (the
+        loop's report writes silent grids), as ``<task>_sound_step<N>.{mp4,wav}``."""
         model = nnx.merge(self.graphdef, state).model
         config = self.config
         digits = config.eval.dataset == "moving_digits"
         totals: dict[str, dict[str, float]] = {task: {} for task in self.tasks}
         generated: dict[str, list[np.ndarray]] = {task: [] for task in FVD_TASKS}
         real_videos: list[np.ndarray] = []
-        grids, audio = {}, {}
+        grids, audio, sound_grids = {}, {}, {}
         count = 0
         hop = self.setup.audio_tokenizer.hop_length if self.setup.audio_tokenizer is not None else 0
 
@@ -212,6 +228,13 @@ class VideoPoetEvaluator:
             for k, task in enumerate(self.tasks):
                 key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), k), index)
                 out = self.generate(model, task, inputs, key)
+                if task not in grids and jax.process_index() == 0:
+                    # V2A shows the clip its soundtrack was generated for.
+                    rows = [out["video"], video] if "video" in out else [video]
+                    grids[task] = video_grid.make_grid(rows, max_examples=config.eval.grid_examples)
+                    track = self.soundtrack(task, out, batch)
+                    if track is not None:
+                        sound_grids[task] = (rows, track)
                 if "video" in out:
                     clips = out["video"]
                     if digits:
@@ -222,15 +245,6 @@ class VideoPoetEvaluator:
                         add(task, "direction_accuracy_real", direction_correct(video, captions))
                     if task in generated:
                         generated[task].append(clips)
-                    if task not in grids and jax.process_index() == 0:
-                        grids[task] = video_grid.make_grid(
-                            [clips, video], max_examples=config.eval.grid_examples
-                        )
-                if "video" not in out and task not in grids and jax.process_index() == 0:
-                    # V2A: the clip its soundtrack was generated for, beside the WAV files.
-                    grids[task] = video_grid.make_grid(
-                        [video], max_examples=config.eval.grid_examples
-                    )
                 if "audio" in out:
                     sound = out["audio"]
                     real = np.asarray(batch["audio"], np.float32)[:, : sound.shape[1]]
@@ -243,6 +257,16 @@ class VideoPoetEvaluator:
                         add(task, "pitch_accuracy", pitch == labels)
                     if f"{task}_audio" not in audio and jax.process_index() == 0:
                         audio[f"{task}_audio"] = loop.AudioPairs(real, sound, config.sample_rate)
+        for task, (rows, track) in sound_grids.items():
+            audio_grid.save_sound_grid(
+                self.workdir,
+                f"{task}_sound_step{step:07d}",
+                rows,
+                track,
+                fps=config.eval.fps,
+                sample_rate=config.sample_rate,
+                max_examples=config.eval.grid_examples,
+            )
         results = {}
         for task, sums in totals.items():
             results.update(loop.clip_means(task, sums, count, config.eval.batch_size))
