@@ -29,16 +29,15 @@ from jaxtyping import Array, Bool, Float, Int, UInt8
 from videogen import checkpoint
 from videogen.data import sources
 from videogen.evaluation import video_grid
-from videogen.sampling.non_autoregressive import commit_decode
-from videogen.tasks.commit_tokens import (
-    CommitSetup,
-    condition_tokens,
-    from_factors,
-    make_setup,
-    prefix_tokens,
-)
+from videogen.tasks.commit_tokens import CommitSetup, from_factors, make_setup
 from videogen.tasks.videopoet_layout import TaskInputs
-from videogen.trainers import frozen_tokenizer, maskgit, videopoet, videopoet_data
+from videogen.trainers import (
+    frozen_tokenizer,
+    maskgit,
+    maskgit_generation,
+    videopoet,
+    videopoet_data,
+)
 from videogen.trainers.videopoet_generation import VideoPoetEvaluator
 
 # How bright the cells still masked after a decoding step are drawn.
@@ -96,30 +95,24 @@ def _decode(
 ) -> tuple[Float[Array, "b T H W 3"], ...]:
     model = nnx.merge(graphdef, state)
     tokenizer = nnx.merge(tokenizer_graphdef, tokenizer_state)
-    cond = condition_tokens(
-        tokenizer, setup, task_ids, frozen_tokenizer.to_float(video), with_target=False
-    )
-    tokens, steps = commit_decode(
-        lambda z, p: model(z, p, deterministic=True),
-        cond.condition,
-        cond.condition_mask,
-        prefix_tokens(setup, task_ids, labels),
+    tokens, condition_video, steps, condition = maskgit_generation.sample_tokens(
+        model,
+        tokenizer,
+        setup,
+        decoding,
+        frozen_tokenizer.to_float(video),
+        labels,
+        task_ids,
         key,
-        mask_token_id=model.mask_token_id,
-        num_steps=decoding.num_steps,
-        schedule=decoding.schedule,
-        choice_temperature=decoding.choice_temperature,
         guidance_scale=guidance_scale,
-        unconditional_prefix=prefix_tokens(setup, task_ids, labels, jnp.zeros_like(task_ids, bool)),
-        keep_condition=decoding.keep_condition,
         return_steps=True,
     )
     # A fixed position never changes again, so after step k it already holds its final token.
-    views = jnp.where(steps.fixed[..., None], tokens[None], cond.condition[None])
+    views = jnp.where(steps.fixed[..., None], tokens[None], condition[None])
     k, b = views.shape[:2]
     decoded = tokenizer.detokenize(from_factors(views.reshape(k * b, *views.shape[2:]), setup))
     sample = tokenizer.detokenize(from_factors(tokens, setup))
-    return cond.condition_video, sample, decoded.reshape(k, b, *decoded.shape[1:]), steps.fixed
+    return condition_video, sample, decoded.reshape(k, b, *decoded.shape[1:]), steps.fixed
 
 
 def dim_masked_cells(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
@@ -31,6 +30,7 @@ import safetensors.numpy
 from flax import nnx
 
 from videogen import checkpoint
+from videogen.staged_directory import staged_directory
 
 FORMAT = "videogen-pretrained"
 FORMAT_VERSION = 1
@@ -242,22 +242,12 @@ def save_pretrained(model: nnx.Module, config: dict[str, Any], directory: str) -
         )
     config = {**config, "weights_hash": weights_hash(model)}
     directory = os.path.abspath(directory)
-    staging = f"{directory}.{os.getpid()}.partial"
-    if os.path.exists(staging):
-        shutil.rmtree(staging)
-    os.makedirs(staging)
-    try:
+    with staged_directory(directory) as staging:
         # Bytes written by open(), as save_file would create the file readable by its owner only.
         with open(os.path.join(staging, WEIGHTS_FILE), "wb") as f:
             f.write(safetensors.numpy.save(_arrays(model)))
         with open(os.path.join(staging, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
     return directory
 
 

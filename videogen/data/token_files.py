@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 from jaxtyping import Int
+
+from videogen.staged_directory import staged_directory
 
 FORMAT_VERSION = 1
 TOKENS, LABELS, META = "tokens.npy", "labels.npy", "meta.json"
@@ -50,21 +50,12 @@ def write(
     dtype = (
         np.uint16 if tokens.size == 0 or (0 <= tokens.min() and tokens.max() < 2**16) else np.int32
     )
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tokens-", dir=parent)
-    try:
+    with staged_directory(directory) as staging:
         np.save(os.path.join(staging, TOKENS), tokens.astype(dtype))
         np.save(os.path.join(staging, LABELS), labels.astype(np.int32))
         meta = {"format_version": FORMAT_VERSION, "count": int(len(labels)), **meta}
         with open(os.path.join(staging, META), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
 
 
 def exists(directory: str) -> bool:

@@ -23,7 +23,7 @@ from videogen import sharding
 from videogen.data import sources
 from videogen.evaluation import digit_classifier, evaluator, video_grid
 from videogen.models.transformer import MaskedVideoTransformer
-from videogen.sampling.non_autoregressive import commit_decode
+from videogen.sampling.non_autoregressive import DecodeSteps, commit_decode
 from videogen.tasks.commit_tokens import (
     CommitSetup,
     check_labels,
@@ -45,11 +45,16 @@ def sample_tokens(
     key: Array,
     *,
     guidance_scale: float,
-) -> tuple[Int[Array, "b n f"], Float[Array, "b T H W c"]]:
+    return_steps: bool = False,
+) -> (
+    tuple[Int[Array, "b n f"], Float[Array, "b T H W c"]]
+    | tuple[Int[Array, "b n f"], Float[Array, "b T H W c"], DecodeSteps, Int[Array, "b n f"]]
+):
     """Algorithm 1 from each clip's task condition: (sub-tokens, condition video).
 
     Only the pixels of the task's interior condition (and the label, for
-    class-conditional tasks) reach the transformer.
+    class-conditional tasks) reach the transformer. `return_steps` adds what each
+    decoding step fixed (`DecodeSteps`) and the condition tokens z̃, for showing the steps.
     """
     cond = condition_tokens(tokenizer, setup, task_ids, video, with_target=False)
     prefix = prefix_tokens(setup, task_ids, labels)
@@ -67,7 +72,11 @@ def sample_tokens(
         guidance_scale=guidance_scale,
         unconditional_prefix=unconditional if guidance_scale else None,
         keep_condition=decoding.keep_condition,
+        return_steps=return_steps,
     )
+    if return_steps:
+        tokens, steps = tokens
+        return tokens, cond.condition_video, steps, cond.condition
     return tokens, cond.condition_video
 
 
