@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import videogen
 from videogen import cli, pretrained, streaming, token_format
 from videogen.data import video_decode
 from videogen.evaluation.video_grid import to_uint8
@@ -135,7 +136,7 @@ def test_decode_writes_the_chunked_reconstruction(encoded, frames, tmp_path, tok
 
 def test_export_loads_like_the_run(exports, tokenizer_workdir, frames):
     from_run = pretrained.load_pretrained(tokenizer_workdir)
-    from_export = pretrained.load_pretrained(exports[0])
+    from_export = videogen.load_pretrained(exports[0])  # the package-level name
     assert sorted(os.listdir(exports[0])) == ["config.json", "model.safetensors"]
     assert pretrained.weights_hash(from_run) == pretrained.weights_hash(from_export)
     tokens = [
