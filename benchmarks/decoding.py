@@ -1,15 +1,36 @@
-"""Non-autoregressive decoding speed: clips/s of Algorithm 1 (12 steps) for MAGVIT configs.
+"""Decoding speed of the token generators: MAGVIT's non-autoregressive decoding (Algorithm 1,
+12 steps) and VideoPoet's autoregressive decoding with and without the KV cache.
 
-    python benchmarks/decoding.py [--configs=quickstart_generator,magvit2_k600_fp] [--batch=1]
+    python benchmarks/decoding.py [--configs=quickstart_generator,magvit2_k600_fp,quickstart_videopoet,videopoet]
+        [--batch=1] [--repeats=2] [--uncached_seconds=300]
 
-For each stage-2 experiment, builds its transformer with random weights (speed
-does not depend on them) on the token grid of its tokenizer architecture (built
-abstractly: no tokenizer weights are made) and times one jitted `commit_decode`
-of the frame-prediction task: every step is a full forward pass over
-[task, class, visual tokens], as in the thesis. Reports clips/s, seconds per
-clip and the transformer's achieved GFLOP/s (XLA's FLOP count of one forward
-pass times the steps) against the machine's float32 matmul peak measured in the
-same run. Detokenizing is not included.
+`--configs` picks the rows: stage-2 MAGVIT experiments give one row, VideoPoet experiments
+(`trainer = "videopoet"`, e.g. `quickstart_videopoet`, `videopoet` = 1B, `videopoet:size=8B`)
+two. Every model has random weights (speed does not depend on them); token grids come from
+the tokenizer architecture, built abstractly (no tokenizer weights are made). Detokenizing
+is not included.
+
+MAGVIT: one jitted `commit_decode` of the frame-prediction task; every step is a full
+forward pass over [task, class, visual tokens], as in the thesis.
+
+VideoPoet: the experiment's prefix LM and vocabulary sample the 1280 output tokens of
+text-to-video on magvit2_k600's token grid (5x16x16 codes; 5x16x8 codes of 2 sub-tokens
+each for a factorized vocabulary such as the quickstart's), after a prefix whose text slots
+hold random embeddings; temperature 1, no top-k / top-p, no guidance.
+- KV cache: `sampling.autoregressive.sample` (prefill, then one cached step per token, in
+  one jit), every output token, timed after a warm-up call that compiles it.
+- no cache: every token recomputes the stack's forward pass over the whole sequence (the
+  fixed-length buffer of one jitted program; the causal mask makes the positions not yet
+  drawn irrelevant), then the logits of the one position drawn from. Its time per token is
+  constant, so it decodes the first tokens until about `--uncached_seconds` are spent (all
+  of them if they fit); the table then extrapolates the whole output from that rate and
+  says so. The same keys draw the same tokens as the cached sampler, which is checked.
+
+Reports tokens/s, the seconds for the whole output and the achieved GFLOP/s: XLA's FLOP
+count of one forward pass times the steps (MAGVIT), of the prefill plus one cached step per
+token (KV cache), of one uncached step per token (no cache), each from its own compiled
+program because XLA's cost analysis counts a loop body once; against the machine's float32
+matmul peak measured in the same run.
 """
 
 from __future__ import annotations
@@ -24,24 +45,51 @@ import jax.numpy as jnp
 from flax import nnx
 import numpy as np
 
+from videogen.models.prefix_lm import PrefixLM
+from videogen.sampling.autoregressive import sample, sample_token
 from videogen.sampling.non_autoregressive import commit_decode
 from videogen.tasks import commit_tokens
-from videogen.trainers import frozen_tokenizer, maskgit
+from videogen.tasks.videopoet_layout import LayoutBatch, SequenceLayout, TaskInputs
+from videogen.tasks.videopoet_vocab import Vocabulary
+from videogen.trainers import frozen_tokenizer, maskgit, videopoet
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402  (a sibling benchmark script)
 from tokenizer_throughput import load_config  # noqa: E402  (experiments/<name>.py[:arg])
 
-# The tokenizer architecture each stage-2 experiment is trained on.
+# The tokenizer architecture each experiment is trained on (video; audio for VideoPoet).
 TOKENIZER_OF = {
     "quickstart_generator": "quickstart_tokenizer",
     "magvit2_k600_fp": "magvit2_k600",
+    "quickstart_videopoet": "quickstart_tokenizer",
+    "videopoet": "magvit2_k600",
 }
+AUDIO_TOKENIZER_OF = {"quickstart_videopoet": "quickstart_audio", "videopoet": "audio_tokenizer"}
+# magvit2_k600's token grid of a 17x128x128 clip: VideoPoet's 1280 visual tokens (8.3.1).
+OUTPUT_GRID = (5, 16, 16)
+SAMPLING = dict(temperature=1.0, top_k=0, top_p=1.0)
 
 
-def measure(spec: str, batch: int, repeats: int) -> dict:
-    name, _, arg = spec.partition(":")
+def flops_of(jitted, *args) -> float:
+    """XLA's FLOP count of ``jitted`` compiled for ``args`` (arrays or shape structs)."""
+    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def best_of(fn, repeats: int) -> tuple[float, object]:
+    """Fastest of ``repeats`` synchronised runs of ``fn`` and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def measure_magvit(spec: str, batch: int, repeats: int) -> list[dict]:
     config = load_config(spec)
+    name, _, arg = spec.partition(":")
     tokenizer_config = load_config(f"{TOKENIZER_OF[name]}:{arg}" if arg else TOKENIZER_OF[name])
     tokenizer = nnx.eval_shape(lambda: frozen_tokenizer.build_tokenizer(tokenizer_config))
     setup = commit_tokens.make_setup(config, tokenizer)
@@ -78,49 +126,206 @@ def measure(spec: str, batch: int, repeats: int) -> dict:
 
     args = (state, condition, condition_mask, prefix, jax.random.key(0))
     compiled = decode.lower(*args).compile()
-    # XLA's cost analysis counts a loop body once, so the decoding loop's FLOPs are
-    # those of one forward pass times the number of steps.
     forward = jax.jit(lambda state, z, p: nnx.merge(graphdef, state)(z, p, deterministic=True))
-    cost = forward.lower(state, condition, prefix).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan"))) * decoding.num_steps
+    flops = flops_of(forward, state, condition, prefix) * decoding.num_steps
     jax.block_until_ready(compiled(*args))  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        best = min(best, time.perf_counter() - start)
+    seconds, _ = best_of(lambda: compiled(*args), repeats)
+    tokens = setup.num_tokens
+    return [
+        {
+            "config": spec,
+            "params": sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))),
+            "decoding": f"non-AR, {decoding.num_steps} steps",
+            "output": f"{'x'.join(map(str, setup.latent_shape))} codes x {setup.num_factors} "
+            f"factors = {tokens} positions",
+            "tokens": tokens,
+            "timed": tokens,
+            "batch": batch,
+            "seconds": seconds,
+            "flops": flops,
+        }
+    ]
+
+
+def videopoet_inputs(config, spec: str, batch: int) -> tuple[Vocabulary, LayoutBatch]:
+    """The experiment's vocabulary and a T2V batch of `OUTPUT_GRID`'s 1280 output tokens."""
+    # The codebooks do not depend on the experiment's arguments (size, frames).
+    name = spec.partition(":")[0]
+    video = load_config(TOKENIZER_OF[name])
+    quantizer = nnx.eval_shape(lambda: frozen_tokenizer.build_tokenizer(video)).quantizer
+    factors = config.model.visual_factors
+    vocab = Vocabulary(
+        visual_codes=2**quantizer.num_bits,
+        visual_factors=factors,
+        audio_levels=config.audio.levels,
+        audio_codebook_size=load_config(AUDIO_TOKENIZER_OF[name]).model.codebook_size,
+    )
+    t, h, w = OUTPUT_GRID
+    if w % factors:
+        raise ValueError(
+            f"{spec}: visual_factors={factors} must divide the grid width {w} to keep "
+            f"{t * h * w} output tokens."
+        )
+    layout = SequenceLayout(
+        vocab,
+        (t, h, w // factors),
+        ("t2v",),
+        text_dim=config.text.dim,
+        max_text_tokens=config.text.max_tokens,
+    )
+    text = np.random.default_rng(0).normal(size=(batch, config.text.max_tokens, config.text.dim))
+    return vocab, layout.build("t2v", TaskInputs(text_embeddings=text.astype(np.float32)))
+
+
+def sequence_mask(model: PrefixLM, batch: LayoutBatch) -> jax.Array:
+    """The attention mask of the whole sequence (it does not depend on the outputs)."""
+    return model.attention_mask(
+        batch.tokens, batch.prefix_length, batch.text_mask, batch.text_positions
+    )
+
+
+def uncached_step(
+    model: PrefixLM, batch: LayoutBatch, key: jax.Array, tokens: jax.Array, position
+) -> jax.Array:
+    """``tokens`` with the one at ``position`` drawn from a full pass over the sequence."""
+    x = model.embed(tokens, batch.text_embeddings, batch.text_mask, batch.text_positions)
+    hidden = model.stack(x, sequence_mask(model, batch), rotary=model.rotary(tokens.shape[1]))
+    logits = model.logits(jax.lax.dynamic_slice_in_dim(hidden, position - 1, 1, axis=1))[:, 0]
+    allowed = batch.next_range[:, position - 1]
+    token = sample_token(jax.random.fold_in(key, position), logits, allowed, **SAMPLING)
+    return tokens.at[:, position].set(token)
+
+
+def measure_videopoet(spec: str, batch: int, repeats: int, uncached_seconds: float) -> list[dict]:
+    config = load_config(spec)
+    vocab, layout_batch = videopoet_inputs(config, spec, batch)
+    model = nnx.jit(
+        lambda: PrefixLM(
+            vocab_size=vocab.size,
+            pad_id=vocab.pad_id,
+            text_dim=config.text.dim,
+            **videopoet.model_sizes(config.model),
+            rngs=nnx.Rngs(jax.random.key(0, impl="rbg")),
+        )
+    )()
+    graphdef, state = nnx.split(model)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    return {
-        "config": spec,
-        "params": params,
-        "tokens": f"{'x'.join(map(str, setup.latent_shape))} x {setup.num_factors} factors",
-        "steps": decoding.num_steps,
-        "batch": batch,
-        "seconds_per_clip": best / batch,
-        "clips_per_s": batch / best,
-        "gflops_per_s": flops / best / 1e9,
-    }
+    data = LayoutBatch(*(jnp.asarray(a) for a in layout_batch))
+    p = int(layout_batch.prefix_length[0])
+    visual = int(layout_batch.loss_mask[0].sum()) - 2  # the outputs but <eov_o> <eos>
+    length = data.tokens.shape[1]
+    key = jax.random.key(0)
+    factors = vocab.visual_factors
+    t, h, w = OUTPUT_GRID
+    output = f"{t}x{h}x{w // factors} codes" + (f" x {factors} sub-tokens" if factors > 1 else "")
+    output = f"{output} = {visual} ids, + <eov_o> <eos>"
+    row = {"config": spec, "params": params, "output": output, "batch": batch}
+    print(f"  {spec}: {params / 1e6:.1f}M parameters, sequence of {length} ids", flush=True)
+
+    # KV cache: the sampler itself. Its FLOPs: the prefill, which gives the first token's
+    # logits, and one cached step for each later one.
+    def prefill(state, data):
+        m = nnx.merge(graphdef, state)
+        cache = m.init_cache(batch, length)
+        text = (data.text_embeddings, data.text_mask, data.text_positions)
+        return m.prefill(data.tokens[:, :p], sequence_mask(m, data), cache, *text)
+
+    def cached_step(state, data, cache, token):
+        m = nnx.merge(graphdef, state)
+        return m.decode_step(token, sequence_mask(m, data), cache)
+
+    _, cache = jax.eval_shape(prefill, state, data)
+    token = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    steps = visual + 2
+    cached_flops = flops_of(jax.jit(prefill), state, data) + (steps - 1) * flops_of(
+        jax.jit(cached_step), state, data, cache, token
+    )
+    start = time.perf_counter()
+    jax.block_until_ready(sample(model, layout_batch, key, **SAMPLING))
+    print(f"  KV cache: compile + first run {time.perf_counter() - start:.1f} s", flush=True)
+    seconds, cached = best_of(lambda: sample(model, layout_batch, key, **SAMPLING), repeats)
+    rows = [
+        row
+        | {
+            "decoding": "AR, KV cache",
+            "tokens": steps,
+            "timed": steps,
+            "seconds": seconds,
+            "flops": cached_flops,
+        }
+    ]
+
+    # No cache: a traced token count, so one program times any number of tokens.
+    @jax.jit
+    def uncached(state, data, key, count):
+        m = nnx.merge(graphdef, state)
+        return jax.lax.fori_loop(
+            p, p + count, lambda q, toks: uncached_step(m, data, key, toks, q), data.tokens
+        )
+
+    step_flops = flops_of(
+        jax.jit(lambda s, d, k, x, q: uncached_step(nnx.merge(graphdef, s), d, k, x, q)),
+        state,
+        data,
+        key,
+        data.tokens,
+        jnp.int32(p),
+    )
+    compiled = uncached.lower(state, data, key, jnp.int32(1)).compile()
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(state, data, key, jnp.int32(1)))
+    per_token = time.perf_counter() - start
+    count = int(np.clip(uncached_seconds // per_token, 1, steps))
+    print(f"  no cache: {per_token:.2f} s for one token; timing {count}", flush=True)
+    seconds, drawn = best_of(lambda: compiled(state, data, key, jnp.int32(count)), repeats)
+    same = np.asarray(drawn)[:, p : p + count] == np.asarray(cached)[:, p : p + count]
+    print(f"  no cache drew the KV-cache sampler's tokens: {same.sum()}/{same.size}", flush=True)
+    rows.append(
+        row
+        | {
+            "decoding": "AR, no cache",
+            "tokens": steps,
+            "timed": count,
+            "seconds": seconds,
+            "flops": step_flops * count,
+        }
+    )
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--configs", default="quickstart_generator,magvit2_k600_fp")
+    parser.add_argument(
+        "--configs", default="quickstart_generator,magvit2_k600_fp,quickstart_videopoet,videopoet"
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--uncached_seconds", type=float, default=300.0)
     args = parser.parse_args()
     peak = measure_matmul_gflops()["peak_gflops"]
-    print(f"float32 matmul peak: {peak:.0f} GFLOP/s")
-    print("| config | params | tokens | steps | batch | s/clip | clips/s | GFLOP/s (of peak) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"float32 matmul peak: {peak:.0f} GFLOP/s", flush=True)
+    rows = []
     for spec in args.configs.split(","):
-        r = measure(spec, args.batch, args.repeats)
+        if load_config(spec).trainer == "videopoet":
+            rows += measure_videopoet(spec, args.batch, args.repeats, args.uncached_seconds)
+        else:
+            rows += measure_magvit(spec, args.batch, args.repeats)
+    print(
+        "| config | params | decoding | output | tokens timed | tokens/s | s per output "
+        "| GFLOP/s (of peak) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        rate = r["batch"] * r["timed"] / r["seconds"]
+        whole = r["seconds"] / r["batch"] * r["tokens"] / r["timed"]
+        gflops = r["flops"] / r["seconds"] / 1e9
         print(
-            f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['tokens']} | {r['steps']} | "
-            f"{r['batch']} | {r['seconds_per_clip']:.3f} | {r['clips_per_s']:.2f} | "
-            f"{r['gflops_per_s']:.0f} ({r['gflops_per_s'] / peak:.2f}) |",
+            f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['decoding']} | {r['output']} | "
+            f"{r['timed']} of {r['tokens']} | {rate:.2f} | "
+            f"{whole:.3g}{' (extrapolated)' if r['timed'] < r['tokens'] else ''} | "
+            f"{gflops:.0f} ({gflops / peak:.2f}) |",
             flush=True,
         )
 
