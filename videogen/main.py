@@ -64,6 +64,36 @@ def _is_multi_process() -> bool:
     return "JAX_COORDINATOR_ADDRESS" in env
 
 
+def _initialize_distributed() -> None:
+    """Joins the other processes of the run.
+
+    On TPU slices and SLURM JAX reads the process count and index from the cluster; for
+    processes started by hand (several on one machine, as the multi-process tests do) set
+    JAX_COORDINATOR_ADDRESS=host:port, VIDEOGEN_NUM_PROCESSES and VIDEOGEN_PROCESS_ID.
+    """
+    import jax
+
+    env = os.environ
+    explicit = {}
+    for key, name in (
+        ("num_processes", "VIDEOGEN_NUM_PROCESSES"),
+        ("process_id", "VIDEOGEN_PROCESS_ID"),
+    ):
+        if name in env:
+            try:
+                explicit[key] = int(env[name])
+            except ValueError:
+                raise ValueError(
+                    f"{name}={env[name]!r} is not an integer; set it to one."
+                ) from None
+    if len(explicit) == 1:
+        raise ValueError(
+            "set both VIDEOGEN_NUM_PROCESSES and VIDEOGEN_PROCESS_ID, or neither (a cluster "
+            "environment supplies them)."
+        )
+    jax.distributed.initialize(**explicit)
+
+
 # Modes only some trainers have: entry point, what a trainer without it lacks, and the fix.
 _OPTIONAL_MODES = {
     "sample": (
@@ -110,7 +140,16 @@ def main(argv):
 
     # Multi-host pods and SLURM clusters: the runtime finds its peers from the environment.
     if _is_multi_process():
-        jax.distributed.initialize()
+        _initialize_distributed()
+    elif jax.process_count() > 1:
+        # Without the distributed client the hosts cannot agree on SIGTERM's save-and-exit
+        # (checkpoint.PreemptionGuard): a preemption would lose the steps since the last save.
+        logging.warning(
+            "JAX sees %d processes but videogen found no multi-host environment to initialise "
+            "jax.distributed from, so preemption saves are off; export "
+            "JAX_COORDINATOR_ADDRESS=<host of process 0>:<port> on every host (launch/ does).",
+            jax.process_count(),
+        )
     logging.info(
         "JAX process %d/%d, %d local devices (%s)",
         jax.process_index(),
