@@ -532,13 +532,14 @@ def test_iterator_state_restore_replays_the_same_batches(tmp_path):
     np.testing.assert_array_equal(next(from_disk)["video"], next(iterator)["video"])
 
 
-def test_processes_read_disjoint_examples_covering_the_epoch():
+def test_processes_read_disjoint_rows_of_the_single_process_batches():
+    """Each process reads its block of rows of every global batch: stacked in process order,
+    the processes' batches are the one-process batches row for row."""
     source = pipeline.make_source(
         "moving_digits", "eval", num_frames=3, resolution=16, num_examples=16
     )
-    everything = {_digest(source[i]["video"]) for i in range(16)}
-    seen = []
-    for process_index in range(2):
+
+    def digests(process_index, process_count):
         iterator = pipeline.make_iterator(
             source,
             global_batch_size=4,
@@ -546,14 +547,18 @@ def test_processes_read_disjoint_examples_covering_the_epoch():
             seed=1,
             num_epochs=1,
             process_index=process_index,
-            process_count=2,
+            process_count=process_count,
         )
         batches = list(iterator)
-        assert len(batches) == 4 and all(b["video"].shape[0] == 2 for b in batches)
-        seen.append({_digest(v) for b in batches for v in b["video"]})
-    assert len(seen[0]) == len(seen[1]) == 8
-    assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == everything
+        assert len(batches) == 4
+        assert all(b["video"].shape[0] == 4 // process_count for b in batches)
+        return [[_digest(v) for v in b["video"]] for b in batches]
+
+    one = digests(0, 1)
+    assert len({d for batch in one for d in batch}) == 16  # the whole epoch
+    two = [digests(i, 2) for i in range(2)]
+    assert not {d for b in two[0] for d in b} & {d for b in two[1] for d in b}
+    assert [a + b for a, b in zip(*two)] == one
 
 
 def test_video_folder_eval_views_are_windows_times_crops(tmp_path):

@@ -126,7 +126,10 @@ class PreemptionGuard:
         self._previous = None
 
     def __enter__(self) -> "PreemptionGuard":
-        if threading.current_thread() is threading.main_thread():
+        # Across processes, jax.distributed's preemption service holds SIGTERM (installed by
+        # jax.distributed.initialize); a Python handler would replace it, and the hosts would
+        # never learn of the signal and never stop.
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 

@@ -148,6 +148,40 @@ class SelectFields:
         return {k: example[k] for k in self.fields}
 
 
+class ProcessRows(grain.MapDataset):
+    """This process's rows of every global batch: block `process_index` of each run of
+    `global_batch_size` examples, so that the processes' batches stacked in process order
+    are the global batch one process would read, row for row (per-row random draws, such
+    as COMMIT's task per example, then match a single-process run)."""
+
+    def __init__(
+        self,
+        parent: grain.MapDataset,
+        global_batch_size: int,
+        process_index: int,
+        process_count: int,
+    ):
+        super().__init__(parent)
+        self._rows = global_batch_size // process_count
+        self._global, self._first = global_batch_size, process_index * self._rows
+        self._length = len(parent) // global_batch_size * self._rows
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, index: int) -> int:
+        batch, row = divmod(index, self._rows)
+        return batch * self._global + self._first + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._parent_index(index)]
+
+    def __str__(self) -> str:
+        return f"ProcessRows(rows {self._first}..{self._first + self._rows} of {self._global})"
+
+
 def make_iterator(
     source: VideoSource,
     *,
@@ -164,9 +198,9 @@ def make_iterator(
     """Batches of this process's share of `source`, with checkpointable state.
 
     Order: shuffle (reshuffled every epoch) -> repeat(num_epochs; None = forever)
-    -> every process_count-th example from process_index, so processes read
-    disjoint examples -> batch of global_batch_size // process_count, the last
-    partial batch dropped. Batches are dicts of numpy arrays: 'video' uint8
+    -> this process's block of rows of every global batch (`ProcessRows`), so
+    processes read disjoint examples -> batch of global_batch_size //
+    process_count, the last partial batch dropped. Batches are dicts of numpy arrays: 'video' uint8
     [B, T, H, W, 3], 'label' int32 [B], 'caption' str [B], and where the source
     has it 'audio' float32 [B, S].
 
@@ -193,7 +227,8 @@ def make_iterator(
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
-    ds = ds[process_index::process_count]
+    if process_count > 1:
+        ds = ProcessRows(ds, global_batch_size, process_index, process_count)
     ds = ds.map(SelectFields(fields))
     # A buffer of two batches keeps the reader busy without holding hundreds of
     # clips (grain's default of 500 elements is ~400 MB at 17x128x128).

@@ -378,7 +378,10 @@ def train_and_evaluate(
     if step == 0:
         write_hparams(writer, config)
         parameter_overview.log_parameter_overview(
-            nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state).model, nnx.Param))
+            nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state).model, nnx.Param)),
+            # Statistics would fetch every parameter to this host, which fails for arrays
+            # sharded over other processes' devices.
+            include_stats=jax.process_count() == 1,
         )
     progress = Progress(config.num_train_steps, writer)
     end = (

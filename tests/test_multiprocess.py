@@ -1,0 +1,190 @@
+"""Runs across several JAX processes on one machine, as on a multi-host pod.
+
+Each process is `python -m videogen.main` with its own fake CPU devices, joined to
+the others by `jax.distributed` on a localhost coordinator (JAX's gloo CPU
+collectives). The runs are compared with one process over the same global batch
+and mesh: equal losses at every step mean the processes read disjoint halves of
+each global batch (the same half twice would change the loss), and equal
+parameters after a SIGTERM stop and restart mean every process saved, and
+restored, the same state.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from videogen.trainers import maskgit
+from videogen.trainers import tokenizer as tokenizer_trainer
+from tiny_configs import MASKGIT_TINY, ROOT, TINY_OVERRIDES, configure, load_experiment
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# The tiny tokenizer without GAN and LPIPS: processes, signals and restarts are the subject.
+TOKENIZER = {
+    **TINY_OVERRIDES,
+    "loss.generator_adversarial_weight": 0.0,
+    "loss.perceptual_weight": 0.0,
+    "mesh.shape": (8, 1, 1),
+    # Planned far beyond where the test stops it, so the learning-rate schedule of every leg
+    # is that of the one-process reference stopped at the same step.
+    "num_train_steps": 10_000,
+}
+_CONFIG_FILE = """
+import sys
+sys.path.insert(0, {tests!r})
+from tiny_configs import configure, load_experiment
+
+def get_config():
+    return configure(load_experiment({name!r}).get_config(), **{overrides!r})
+"""
+# clu's logging writer: "... logging_writer.py:48] [<step>] key=value, key=value".
+_LOGGED_SCALARS = re.compile(r"logging_writer\.py:\d+\] \[(\d+)\] (.*)$", re.MULTILINE)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _xla_flags(devices: int) -> str:
+    """The suite's XLA flags (tests/conftest.py) with `devices` fake CPU devices."""
+    flags = [
+        f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f
+    ]
+    return " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+
+
+def _launch(tmp_path, name, overrides, workdir, processes):
+    """`processes` copies of videogen.main on one run, 8 devices in all."""
+    config_file = tmp_path / f"{name}_config.py"
+    config_file.write_text(_CONFIG_FILE.format(tests=TESTS, name=name, overrides=overrides))
+    port = _free_port()
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "videogen.main",
+                f"--config={config_file}",
+                f"--workdir={workdir}",
+            ],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "JAX_PLATFORMS": "cpu",
+                "XLA_FLAGS": _xla_flags(8 // processes),
+                "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                "VIDEOGEN_NUM_PROCESSES": str(processes),
+                "VIDEOGEN_PROCESS_ID": str(index),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index in range(processes)
+    ]
+
+
+def _finish(procs, timeout=300):
+    """Every process's output; each must exit 0."""
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for index, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"process {index} exited {p.returncode}:\n{out[-4000:]}"
+    return outputs
+
+
+def _logged_losses(output: str) -> dict[int, float]:
+    losses = {}
+    for step, values in _LOGGED_SCALARS.findall(output):
+        scalars = dict(item.split("=", 1) for item in values.split(", ") if "=" in item)
+        if "loss" in scalars:
+            losses[int(step)] = float(scalars["loss"])
+    return losses
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+    directory = os.path.join(workdir, "checkpoints")
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def _wait_for_checkpoint_after(procs, workdir, step):
+    deadline = time.time() + 240
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if any(s > step for s in _checkpoint_steps(workdir)):
+            return
+        time.sleep(0.2)
+    for p in procs:
+        p.kill()
+    outputs = [p.communicate()[0] for p in procs]
+    raise AssertionError(f"no checkpoint after step {step}:\n" + outputs[0][-4000:])
+
+
+def test_two_processes_stop_together_on_sigterm_and_resume_as_one_process_would(tmp_path):
+    """The tokenizer on 2 processes x 4 devices: SIGTERM to one process makes both save the
+    same step and exit 0; the restart resumes there. Every step's loss equals one process on
+    8 devices over the same global batches."""
+    workdir = str(tmp_path / "run")
+    procs = _launch(tmp_path, "quickstart_tokenizer", TOKENIZER, workdir, processes=2)
+    _wait_for_checkpoint_after(procs, workdir, 0)
+    procs[1].send_signal(signal.SIGTERM)
+    first = _finish(procs)
+    stopped = _checkpoint_steps(workdir)[-1]
+    for out in first:
+        assert f"Stopped at step {stopped} on SIGTERM" in out, out[-3000:]
+
+    procs = _launch(tmp_path, "quickstart_tokenizer", TOKENIZER, workdir, processes=2)
+    _wait_for_checkpoint_after(procs, workdir, stopped + 2)
+    procs[0].send_signal(signal.SIGTERM)
+    second = _finish(procs)
+    end = _checkpoint_steps(workdir)[-1]
+    assert end > stopped + 2
+    for out in second:
+        assert f"at step {stopped}" in out  # restored, not started again
+        assert f"Stopped at step {end} on SIGTERM" in out, out[-3000:]
+
+    # Process 0 logs the losses of its legs; process 1 logs the same (replicated) values.
+    losses = {**_logged_losses(first[0]), **_logged_losses(second[0])}
+    assert _logged_losses(first[1]) == _logged_losses(first[0])
+    assert sorted(losses) == list(range(1, end + 1))
+    assert min(_logged_losses(second[0])) == stopped + 1
+
+    config = configure(load_experiment("quickstart_tokenizer").get_config(), **TOKENIZER)
+    one = tokenizer_trainer.train_and_evaluate(config, str(tmp_path / "one"), stop_at_step=end)
+    expected = [h["loss"] for h in one.history]
+    got = [losses[s] for s in range(1, end + 1)]
+    # Exact to the logged digits while no code has flipped. A latent entry near zero takes
+    # either sign depending on summation order (1 device vs 8 differ the same way), which
+    # changes a token and the loss by up to ~0.5% from step 6 on; a wrong restore (fresh
+    # parameters, another process's data) moves it by far more.
+    np.testing.assert_allclose(got[:5], expected[:5], rtol=1e-4)
+    np.testing.assert_allclose(got, expected, rtol=1e-2)
+
+
+def test_two_processes_train_the_generator_as_one_process_would(tmp_path, tokenizer_workdir):
+    """MAGVIT's stage 2 on 2 processes x 4 devices, a (2, 2, 2) mesh spanning them, each
+    process tokenizing its share of the batch with the frozen tokenizer: the losses and the
+    task draws equal one process on the same mesh."""
+    overrides = {
+        **MASKGIT_TINY,
+        "tokenizer_workdir": tokenizer_workdir,
+        "num_train_steps": 3,
+        "checkpoint.every_steps": 3,
+        "mesh.shape": (2, 2, 2),
+    }
+    workdir = str(tmp_path / "run")
+    outputs = _finish(_launch(tmp_path, "magvit_bair_mt8", overrides, workdir, processes=2))
+    losses = _logged_losses(outputs[0])
+    assert sorted(losses) == [1, 2, 3]
+    config = configure(load_experiment("magvit_bair_mt8").get_config(), **overrides)
+    one = maskgit.train_and_evaluate(config, str(tmp_path / "one"))
+    np.testing.assert_allclose(
+        [losses[s] for s in (1, 2, 3)], [h["loss"] for h in one.history], rtol=1e-4
+    )
+    assert _checkpoint_steps(workdir)[-1] == 3
