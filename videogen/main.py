@@ -92,6 +92,11 @@ def _initialize_distributed() -> None:
             "environment supplies them)."
         )
     jax.distributed.initialize(**explicit)
+    if jax.default_backend() == "cpu":
+        # JAX writes the persistent compilation cache from process 0 only; on CPU the other
+        # processes loading those executables deadlocked at the first collective (2 processes,
+        # gloo), so multi-process CPU runs compile in every process.
+        jax.config.update("jax_enable_compilation_cache", False)
 
 
 # Modes only some trainers have: entry point, what a trainer without it lacks, and the fix.
