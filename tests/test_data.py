@@ -411,7 +411,7 @@ def test_spec_shares_and_their_errors():
     mixed = sources.make_source(config, "moving_digits+real_clips*3", "eval", num_examples=40)
     assert [len(s) for s in mixed.sources] == [10, 30] and mixed.weights == [1, 3]
     for bad in ("real_clips*0", "real_clips*x", "real_clips*"):
-        with pytest.raises(ValueError, match=f"share .*positive integer after '\\*'"):
+        with pytest.raises(ValueError, match="share .*positive integer after '\\*'"):
             sources.parse_spec(f"moving_digits+{bad}")
 
 

@@ -4,8 +4,9 @@ A trainer module describes itself as a `Trainer` (how to build its train state,
 its training data, its jitted step and its evaluator); this module owns the
 rest of a run: the mesh, the sharded state (fresh or restored), the data
 iterator and its checkpointed position, the checkpointer, the periodic log /
-eval / checkpoint / preemption actions, NaN stops, the final evaluation, the
-evaluation report (JSON, TensorBoard, grids) and the summary printed at the end.
+eval / checkpoint / preemption actions, steps/s with MFU (`videogen.mfu`), NaN
+stops, the final evaluation, the evaluation report (JSON, TensorBoard, grids)
+and the summary printed at the end.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from videogen import checkpoint, sharding
+from videogen import mfu as mfu_lib
 from videogen.data import pipeline
 from videogen.evaluation import audio_grid, video_grid
 
@@ -173,8 +175,14 @@ class Progress:
     fetches (`sync`), and time spent in evaluation is left out of them.
     """
 
-    def __init__(self, total_steps: int, writer: metric_writers.MetricWriter):
+    def __init__(
+        self,
+        total_steps: int,
+        writer: metric_writers.MetricWriter,
+        utilisation: Callable[[float], dict[str, float]] | None = None,
+    ):
         self.total_steps, self.writer = total_steps, writer
+        self.utilisation = utilisation  # steps/s -> MFU scalars, logged with the rate
         self.step: int | None = None  # of the last synchronised point
         self.time = 0.0
         self.excluded = 0.0  # seconds since the last point spent outside training
@@ -194,17 +202,36 @@ class Progress:
             seconds = max(now - self.time - self.excluded, 1e-9)
             rate = (step - self.step) / seconds
             remaining = (self.total_steps - step) / rate
+            perf = self.utilisation(rate) if self.utilisation is not None else {}
             logging.info(
-                "step %d/%d (%.1f%%): %.2f steps/s, ETA %s",
+                "step %d/%d (%.1f%%): %.2f steps/s%s, ETA %s",
                 step,
                 self.total_steps,
                 100.0 * step / self.total_steps,
                 rate,
+                format_utilisation(perf),
                 format_seconds(remaining),
             )
-            self.writer.write_scalars(step, {"steps_per_sec": rate})
+            self.writer.write_scalars(step, {"steps_per_sec": rate, **perf})
+        if self.utilisation is not None:
+            # The first cost lookup reads the compiled program's HLO text (a second or so
+            # for a large program): not training time, so the next interval starts after it.
+            now = time.perf_counter()
         self.step, self.time, self.excluded = step, now, 0.0
         return rate
+
+
+def format_utilisation(perf: Mapping[str, float]) -> str:
+    """ ", 3.21 GFLOP/step/device, MFU 12.3% of 0.05 TFLOP/s" (or "" without a cost)."""
+    if "perf/gflops_per_step_per_device" not in perf:
+        return ""
+    text = f", {perf['perf/gflops_per_step_per_device']:.3g} GFLOP/step/device"
+    if "perf/mfu" in perf:
+        text += (
+            f", MFU {100 * perf['perf/mfu']:.1f}% of "
+            f"{perf['perf/peak_tflops_per_device']:.3g} TFLOP/s"
+        )
+    return text
 
 
 def format_seconds(seconds: float) -> str:
@@ -217,23 +244,101 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+class StepProgram:
+    """A jitted train step that can tell its compiled cost (for MFU in the logs).
+
+    The first call lowers and compiles the step for its arguments and keeps the executable,
+    so the cost analysis reads the very program that runs (asking the jitted function for
+    it later compiles a second program: abstract arguments do not hit jit's cache).
+    The loop only sees the trainer's step closure, which may hold several programs (the
+    tokenizer's with and without the discriminator); each call records itself as the
+    last dispatched program, so the loop reports the cost of the program that ran.
+    """
+
+    last_dispatched: StepProgram | None = None  # the host loop is single-threaded
+
+    def __init__(self, jitted: Callable[..., tuple[nnx.State, Metrics]]):
+        self.jitted = jitted
+        self._compiled: jax.stages.Compiled | None = None
+        self._cost: mfu_lib.ProgramCost | None = None
+
+    def __call__(self, *args):
+        if self._compiled is None:
+            self._compiled = self.jitted.lower(*args).compile()
+        StepProgram.last_dispatched = self
+        return self._compiled(*args)
+
+    def lower(self, *args):
+        return self.jitted.lower(*args)
+
+    def cost(self) -> mfu_lib.ProgramCost | None:
+        """FLOPs per device of one step, once the program has run (None before)."""
+        if self._cost is None and self._compiled is not None:
+            self._cost = mfu_lib.program_cost(self._compiled)
+        return self._cost
+
+
 def jit_step(
     step: Callable[..., tuple[nnx.State, Metrics]],
     state_shardings: nnx.State,
     mesh: Mesh,
     *,
     frozen_args: int = 0,
-) -> Callable[..., tuple[nnx.State, Metrics]]:
+) -> StepProgram:
     """`step(state, *frozen, batch) -> (state, metrics)` jitted the one way every trainer's is:
     the state sharded by its shardings and donated, `frozen_args` frozen inputs (LPIPS, a
     frozen tokenizer) replicated, the batch split over the data axes, metrics replicated."""
     replicated = sharding.replicated(mesh)
-    return jax.jit(
-        step,
-        in_shardings=(state_shardings, *[replicated] * frozen_args, sharding.batch_sharding(mesh)),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
+    return StepProgram(
+        jax.jit(
+            step,
+            in_shardings=(
+                state_shardings,
+                *[replicated] * frozen_args,
+                sharding.batch_sharding(mesh),
+            ),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        )
     )
+
+
+class Utilisation:
+    """MFU of the last dispatched train step: its FLOPs per device over the device's peak.
+
+    The peak is looked up (TPU, GPU) or measured (CPU) once, when the loop starts; a
+    device the peak table does not know gets a warning naming it and no MFU.
+    """
+
+    def __init__(self, device: jax.Device):
+        self.device = device
+        self._peaks: dict[str, tuple[float, str] | None] = {}
+        self.peak("fp32")  # measured now on CPU, before training competes for the cores
+
+    def peak(self, dtype: str) -> tuple[float, str] | None:
+        if dtype not in self._peaks:
+            self._peaks[dtype] = mfu_lib.peak_flops_per_device(self.device, dtype)
+            if self._peaks[dtype] is None:
+                logging.warning(
+                    "No %s peak FLOP/s for device kind %r; MFU is not logged. Add it to "
+                    "videogen/mfu.py (TPU_PEAKS / GPU_PEAKS).",
+                    dtype,
+                    self.device.device_kind,
+                )
+        return self._peaks[dtype]
+
+    def __call__(self, steps_per_second: float) -> dict[str, float]:
+        """{"perf/gflops_per_step_per_device", "perf/mfu"} of the last step program, or {}."""
+        program = StepProgram.last_dispatched
+        cost = program.cost() if program is not None else None
+        if cost is None or not math.isfinite(cost.flops_per_device):
+            return {}
+        out = {"perf/gflops_per_step_per_device": cost.flops_per_device / 1e9}
+        peak = self.peak(cost.dtype)
+        if peak is not None:
+            out["perf/mfu"] = mfu_lib.mfu(cost.flops_per_device, steps_per_second, peak[0])
+            out["perf/peak_tflops_per_device"] = peak[0] / 1e12
+        return out
 
 
 def clip_means(
@@ -383,7 +488,7 @@ def train_and_evaluate(
             # sharded over other processes' devices.
             include_stats=jax.process_count() == 1,
         )
-    progress = Progress(config.num_train_steps, writer)
+    progress = Progress(config.num_train_steps, writer, Utilisation(jax.local_devices()[0]))
     end = (
         config.num_train_steps
         if stop_at_step is None

@@ -206,6 +206,25 @@ def train_step(
     return nnx.state(train_state), metrics
 
 
+def jit_train_step(
+    config: ml_collections.ConfigDict,
+    setup: CommitSetup,
+    graphdef: nnx.GraphDef,
+    tokenizer_graphdef: nnx.GraphDef,
+    state_shardings: nnx.State,
+    mesh,
+) -> loop.StepProgram:
+    """`(state, tokenizer_state, batch) -> (state, metrics)`, jitted over `mesh`: the program
+    `Stage2.make_step` runs, also compiled on abstract inputs by the memory planner."""
+    schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    return loop.jit_step(
+        functools.partial(train_step, graphdef, tokenizer_graphdef, setup, config, schedule),
+        state_shardings,
+        mesh,
+        frozen_args=1,
+    )
+
+
 class Stage2:
     """What training and the checkpoint modes share: the frozen tokenizer, the COMMIT set-up
     and the training data (videos, or token files when `train_token_dir` names them)."""
@@ -251,15 +270,8 @@ class Stage2:
         return self._replicated[1]
 
     def make_step(self, graphdef: nnx.GraphDef, state_shardings: nnx.State, mesh) -> loop.StepFn:
-        config = self.config
-        schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
-        jitted = loop.jit_step(
-            functools.partial(
-                train_step, graphdef, self.tokenizer_graphdef, self.setup, config, schedule
-            ),
-            state_shardings,
-            mesh,
-            frozen_args=1,
+        jitted = jit_train_step(
+            self.config, self.setup, graphdef, self.tokenizer_graphdef, state_shardings, mesh
         )
         tokenizer_state = self.replicated_tokenizer(mesh)
         return lambda state, batch, step: jitted(state, tokenizer_state, batch)

@@ -541,21 +541,36 @@ def inflate_from_image_run(
     return jax.device_put(nnx.state(train_state), shardings)
 
 
+def jit_train_step(
+    config: ml_collections.ConfigDict,
+    graphdef: nnx.GraphDef,
+    lpips_graphdef: nnx.GraphDef | None,
+    state_shardings: nnx.State,
+    mesh,
+    adversarial: bool,
+) -> loop.StepProgram:
+    """`(state, lpips_state, batch) -> (state, metrics)`, jitted over `mesh`: the program
+    `make_step` runs, also compiled on abstract inputs by the memory planner (`videogen.plan`)."""
+    schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    return loop.jit_step(
+        functools.partial(train_step, graphdef, lpips_graphdef, config, schedule, adversarial),
+        state_shardings,
+        mesh,
+        frozen_args=1,
+    )
+
+
 def make_step(
     config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, state_shardings: nnx.State, mesh
 ) -> loop.StepFn:
     """The jitted train step; two programs, each compiled when first used: without the
     discriminator before `loss.adversarial_start_step` (cheaper), with it after."""
-    schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
     lpips_graphdef, lpips_state = (
         nnx.split(lpips.load_lpips()) if config.loss.perceptual_weight > 0 else (None, None)
     )
     jitted_steps = {
-        adversarial: loop.jit_step(
-            functools.partial(train_step, graphdef, lpips_graphdef, config, schedule, adversarial),
-            state_shardings,
-            mesh,
-            frozen_args=1,
+        adversarial: jit_train_step(
+            config, graphdef, lpips_graphdef, state_shardings, mesh, adversarial
         )
         for adversarial in (False, True)
     }

@@ -144,6 +144,25 @@ def train_step(
     return nnx.state(train_state), metrics
 
 
+def jit_train_step(
+    config: ml_collections.ConfigDict,
+    setup: VideoPoetSetup,
+    graphdef: nnx.GraphDef,
+    state_shardings: nnx.State,
+    mesh,
+) -> loop.StepProgram:
+    """`(state, caption_embeddings, caption_masks, batch) -> (state, metrics)`, jitted over
+    `mesh`: the program `VideoPoetRun.make_step` runs, also compiled on abstract inputs by the
+    memory planner."""
+    schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    return loop.jit_step(
+        functools.partial(train_step, graphdef, setup, config.text.drop_prob, schedule),
+        state_shardings,
+        mesh,
+        frozen_args=2,
+    )
+
+
 class VideoPoetRun:
     """What training and the checkpoint modes share: frozen tokenizers, token space, token
     files and the caption table."""
@@ -170,13 +189,7 @@ class VideoPoetRun:
 
     def make_step(self, graphdef: nnx.GraphDef, state_shardings: nnx.State, mesh) -> loop.StepFn:
         config, setup = self.config, self.setup
-        schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
-        jitted = loop.jit_step(
-            functools.partial(train_step, graphdef, setup, config.text.drop_prob, schedule),
-            state_shardings,
-            mesh,
-            frozen_args=2,
-        )
+        jitted = jit_train_step(config, setup, graphdef, state_shardings, mesh)
         embeddings, masks = self.placed_table(mesh)
         local = config.batch_size // jax.process_count()
         first = jax.process_index() * local

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -100,9 +101,32 @@ class VideoPoetSetup:
 
     @classmethod
     def create(cls, config: ml_collections.ConfigDict) -> VideoPoetSetup:
-        weights = dict(config.tasks.weights.to_dict())
+        """The setup of a run: the training data's modalities, the trained tokenizers."""
         train = sources.train_source(config)
-        has = data_modalities(train)
+        return cls.from_modules(
+            config,
+            data_modalities(train),
+            tokenizer_fn=lambda: frozen_tokenizer.load_frozen_tokenizer(config),
+            audio_tokenizer_fn=lambda: load_audio_tokenizer(
+                config.audio_tokenizer_workdir, config.audio_tokenizer_command
+            ),
+            audio_samples_fn=lambda: len(train[0]["audio"]),
+        )
+
+    @classmethod
+    def from_modules(
+        cls,
+        config: ml_collections.ConfigDict,
+        has: tuple[str, ...],
+        *,
+        tokenizer_fn: Callable[[], nnx.Module],
+        audio_tokenizer_fn: Callable[[], SoundStreamTokenizer],
+        audio_samples_fn: Callable[[], int],
+    ) -> VideoPoetSetup:
+        """The setup for data with modalities `has` ("text", "audio") and the tokenizers the
+        callables give: loaded ones (`create`), or abstract ones (`videogen.plan`). They are
+        called only after the mixture is checked, so a bad mixture fails before any loads."""
+        weights = dict(config.tasks.weights.to_dict())
         # Checked first: a bad mixture fails before any tokenizer or text encoder loads.
         mixture = TaskMixture.from_config(weights, modalities=has, two_stage=config.tasks.two_stage)
         needs = {m for task in mixture.names for m in task_modalities(task)}
@@ -119,7 +143,7 @@ class VideoPoetSetup:
                 f"clips (5x28x16 tokens), but the data yields square {shape[1]}x{shape[2]} "
                 "clips; use a source of portrait clips or res=128x128."
             )
-        tokenizer = frozen_tokenizer.load_frozen_tokenizer(config)
+        tokenizer = tokenizer_fn()
         num_bits = getattr(tokenizer.quantizer, "num_bits", None)
         if num_bits is None:
             raise ValueError(
@@ -129,16 +153,14 @@ class VideoPoetSetup:
         latent_shape = tuple(tokenizer.latent_shape(*shape))
         audio_tokenizer, audio_samples, audio_frames, levels, codebook = None, 0, 0, 0, 1
         if config.audio.levels and "audio" in has:
-            audio_tokenizer = load_audio_tokenizer(
-                config.audio_tokenizer_workdir, config.audio_tokenizer_command
-            )
+            audio_tokenizer = audio_tokenizer_fn()
             levels, codebook = config.audio.levels, audio_tokenizer.quantizer.codebook_size
             if levels > audio_tokenizer.quantizer.num_levels:
                 raise ValueError(
                     f"config.audio.levels={levels}, but the audio tokenizer has "
                     f"{audio_tokenizer.quantizer.num_levels} RVQ levels."
                 )
-            audio_samples = len(train[0]["audio"])
+            audio_samples = audio_samples_fn()
             audio_frames = audio_tokenizer.latent_frames(audio_samples)
         elif "audio" in needs:
             raise ValueError(
