@@ -3,7 +3,8 @@ r"""The memory planner's table for the thesis models on 8 / 64 / 256 devices (BU
     python benchmarks/memory_plan_table.py --model=k600 [--meshes=8,64,256] [--out=plans.jsonl]
 
 One process per model, with as many fake CPU devices as the largest mesh; every mesh is a
-data-parallel (N, 1, 1) mesh over the first N of them. Compiling a train step of these
+data-parallel (N, 1, 1) mesh over the first N of them, under the "data_parallel" sharding
+preset. Compiling a train step of these
 sizes takes minutes on a 2-core CPU, so the table compiles each model's step once per mesh
 (`videogen.memory_plan.plan(split_activations=False)`) and takes the rest from those:
 
@@ -11,10 +12,14 @@ sizes takes minutes on a 2-core CPU, so the table compiles each model's step onc
   config's), and XLA's temporaries are `a * b + c`; the fit over the meshes' points gives
   the batch-proportional part a * b (activations) and the rest c (temporaries);
 - half the per-device batch: `a * b / 2 + c` from the same fit, and half the batch bytes;
-- FSDP over the same devices, (1, N, 1): the train state's bytes under that mesh's
-  shardings (exact, from the abstract state; no compile), temporaries as data parallel;
+- FSDP over the same devices, (1, N, 1) under the "fsdp" preset: the train state's bytes
+  under those shardings (exact, from the abstract state; no compile), temporaries as data
+  parallel;
 - remat (`model.remat=True`, where the config has it and it is off): compiled once, on the
-  smallest mesh (largest per-device batch), and its activation slope used on every mesh.
+  smallest mesh (largest per-device batch), and its activation slope used on every mesh;
+- bf16 (`precision=bfloat16`, where the config is float32): compiled on every mesh;
+- all: FSDP, remat and half the batch together (bf16 is not in it, unlike the CLI's "all
+  of the above").
 
 Like `python -m videogen.plan`, the step is traced with the convolutions in their
 accelerator form. The CLI compiles every switch instead; this script is its cheap twin.
@@ -54,7 +59,7 @@ def verdict(row: dict, accelerator: str) -> str:
     limit = USABLE_FRACTION * ACCELERATORS[accelerator] * 2**30
     if row["total"] <= limit:
         return "fits"
-    for name in ("remat", "fsdp", "half_batch", "all"):
+    for name in ("remat", "bf16", "fsdp", "half_batch", "all"):
         if name in row["switch_totals"] and row["switch_totals"][name] <= limit:
             return {"half_batch": "half batch", "all": "all switches"}.get(name, name)
     return "no"
@@ -67,13 +72,13 @@ def markdown(path: str) -> str:
     lines = [
         "| model | devices | batch / device | "
         + " | ".join(names)
-        + " | with remat / FSDP / half batch / all | v5e 16 | v4 32 | H100 80 |",
+        + " | with remat / bf16 / FSDP / half batch / all | v5e 16 | v4 32 | H100 80 |",
         "|---" * (len(names) + 7) + "|",
     ]
     for r in rows:
         switches = " / ".join(
             f"{r['switch_totals'][k] / 2**30:.1f}" if k in r["switch_totals"] else "-"
-            for k in ("remat", "fsdp", "half_batch", "all")
+            for k in ("remat", "bf16", "fsdp", "half_batch", "all")
         )
         lines.append(
             f"| {r['model']} ({r['parameter_count'] / 1e6:.0f}M) | {r['devices']} | "
@@ -109,6 +114,8 @@ def main() -> None:
     config = config_lib.load_experiment(os.path.join(memory_plan.ROOT, path)).get_config(
         arg or None
     )
+    config = memory_plan.override(config, sharding="data_parallel")
+    fsdp_config = memory_plan.override(config, sharding="fsdp")
     devices = jax.devices()
 
     def mesh_of(shape):
@@ -136,13 +143,23 @@ def main() -> None:
         )
         remat_slope = max((remat.xla_temp - intercept) / remat.per_device_batch, 0.0)
 
+    # bf16 changes the batch-independent temporaries too (bf16 copies of the parameters), so
+    # it is compiled on every mesh rather than read off a slope over the float32 intercept.
+    bf16_totals = {}
+    if config.precision != "bfloat16":
+        bf16_config = memory_plan.override(config, precision="bfloat16")
+        for n in meshes:
+            bf16_totals[n] = memory_plan.plan(
+                bf16_config, mesh_of((n, 1, 1)), split_activations=False
+            ).total
+
     for n in meshes:
         p = plans[n]
         b = p.per_device_batch
         activations = min(slope * b, p.xla_temp)
         transient = p.xla_temp + p.xla_outputs - p.xla_aliased
         fsdp_state = memory_plan.state_bytes(
-            memory_plan.step_inputs(config, mesh_of((1, n, 1))).state
+            memory_plan.step_inputs(fsdp_config, mesh_of((1, n, 1))).state
         )[0]
         state_now = sum(p.categories()[k] for k in memory_plan.STATE_CATEGORIES)
         row = {
@@ -165,9 +182,10 @@ def main() -> None:
                     if remat_slope is not None
                     else {}
                 ),
+                **({"bf16": bf16_totals[n]} if bf16_totals else {}),
             },
         }
-        # Every switch together: FSDP state, the remat slope (if any), half the batch (if any).
+        # FSDP state, the remat slope (if any), half the batch (if any); not bf16.
         per_example = remat_slope if remat_slope is not None else slope
         kept = b / 2 if b >= 2 else b
         row["switch_totals"]["all"] = int(

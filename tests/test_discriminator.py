@@ -10,7 +10,6 @@ import pytest
 from flax import nnx
 
 from videogen import sharding
-from videogen.config import DEFAULT_SHARDING_RULES
 from videogen.models.discriminator import (
     BlurPool3d,
     DiscriminatorBlock3d,
@@ -190,7 +189,7 @@ def test_thesis_size_parameter_count():
 def test_every_parameter_has_logical_axes_with_sharding_rules(tiny):
     abstract = nnx.state(nnx.eval_shape(lambda: StyleGANDiscriminator3d(**TINY, rngs=_rngs())))
     mesh = sharding.make_mesh((1, -1, 1))
-    shardings = sharding.state_shardings(abstract, mesh, DEFAULT_SHARDING_RULES)
+    shardings = sharding.state_shardings(abstract, mesh, "fsdp")
     specs = {
         jax.tree_util.keystr(path): s.spec
         for path, s in jax.tree_util.tree_leaves_with_path(shardings)

@@ -74,13 +74,14 @@ def test_plan_of_a_tiny_transformer_on_8_devices(capsys):
 
 
 def test_fsdp_shards_the_parameter_bytes():
-    """On (1, 8, 1) the kernels' output channels split 8 ways; biases and norms stay whole."""
+    """On (1, 8, 1) the "fsdp" preset splits the kernels' output channels 8 ways (biases and
+    norms stay whole); "data_parallel" on the same mesh keeps every parameter whole."""
     config = _tiny_tokenizer()
-    devices = jax.devices()[:8]
+    mesh = sharding.make_mesh((1, 8, 1), jax.devices()[:8])
     replicated = memory_plan.state_bytes(
-        memory_plan.step_inputs(config, sharding.make_mesh((8, 1, 1), devices)).state
+        memory_plan.step_inputs(memory_plan.override(config, sharding="data_parallel"), mesh).state
     )[0]
-    sharded_inputs = memory_plan.step_inputs(config, sharding.make_mesh((1, 8, 1), devices))
+    sharded_inputs = memory_plan.step_inputs(memory_plan.override(config, sharding="fsdp"), mesh)
     sharded = memory_plan.state_bytes(sharded_inputs.state)[0]
     count = _param_count(config)
     expected = sum(
@@ -90,6 +91,17 @@ def test_fsdp_shards_the_parameter_bytes():
     assert sharded["parameters"] == expected
     assert count * 4 / 8 <= sharded["parameters"] < 0.3 * count * 4
     assert replicated["parameters"] == count * 4
+
+
+def test_fsdp_switch_moves_the_data_parallel_devices_to_the_fsdp_axis_and_preset():
+    config = memory_plan.override(_tiny_tokenizer(), sharding="data_parallel")
+    switches = {name: (cfg, shape) for name, cfg, shape in plan.switch_configs(config, (8, 1, 1))}
+    cfg, shape = switches["FSDP (sharding=fsdp, mesh (1, 8, 1))"]
+    assert cfg.sharding == "fsdp" and shape == (1, 8, 1)
+    assert switches["all of the above"][0].sharding == "fsdp"
+    # Already FSDP over every data-parallel device: nothing to switch to.
+    fsdp = memory_plan.override(config, sharding="fsdp_tensor")
+    assert not any(name.startswith("FSDP") for name, _, _ in plan.switch_configs(fsdp, (1, 8, 1)))
 
 
 def test_bad_mesh_and_batch_are_named():
@@ -127,7 +139,9 @@ def test_mfu_of_a_jitted_step_is_logged_with_steps_per_second(caplog, monkeypatc
     def step(state, batch):
         return {"w": state["w"]}, {"loss": jnp.sum(batch["x"] @ state["w"])}
 
-    program = loop.jit_step(step, {"w": NamedSharding(mesh, PartitionSpec())}, mesh)
+    program = loop.jit_step(
+        step, {"w": NamedSharding(mesh, PartitionSpec())}, mesh, preset="data_parallel"
+    )
     x = jax.device_put(jnp.ones((n, n)), sharding.batch_sharding(mesh))
     program({"w": jnp.ones((n, n))}, {"x": x})
     utilisation = loop.Utilisation(jax.devices()[0])

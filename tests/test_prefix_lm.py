@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from videogen import config, sharding
+from videogen import sharding
 from videogen.models.prefix_lm import PREFIX_LM_SIZES, PrefixLM, prefix_lm_loss
 from videogen.tasks.videopoet_layout import SequenceLayout, TaskInputs, concat_batches
 from videogen.tasks.videopoet_vocab import Vocabulary
@@ -213,19 +213,20 @@ def test_named_sizes_have_the_thesis_parameter_counts(size, nominal):
     assert abs(non_embedding - nominal) / nominal < 0.01, non_embedding
 
 
-def test_parameters_carry_logical_axis_names_that_the_default_rules_shard():
+def test_parameters_carry_logical_axis_names_that_the_fsdp_tensor_preset_shards():
     model = _abstract("tiny", VOCAB.size, 6)
-    rules = config.DEFAULT_SHARDING_RULES
     for path, var in nnx.iter_graph(model):
         if isinstance(var, nnx.Param):
             axes = var.get_metadata()["out_sharding"]
             assert len(axes) == var.ndim, (path, axes)
-            assert {a for a in axes if a is not None} <= {r for r, _ in rules}, (path, axes)
+            assert {a for a in axes if a is not None} <= set(sharding.PARAMETER_AXES), (path, axes)
     mesh = sharding.make_mesh((1, 2, 4))
     _, abstract_state = nnx.split(model)
     specs = {
         "/".join(map(str, path)): s.spec
-        for path, s in nnx.to_flat_state(sharding.state_shardings(abstract_state, mesh, rules))
+        for path, s in nnx.to_flat_state(
+            sharding.state_shardings(abstract_state, mesh, "fsdp_tensor")
+        )
     }
     assert specs["token_embedding"] == jax.sharding.PartitionSpec("tensor", "fsdp")
     assert specs["text_projection"] == jax.sharding.PartitionSpec(None, "fsdp")

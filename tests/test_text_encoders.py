@@ -195,12 +195,12 @@ def test_t5_text_encoder_uses_the_checkpoint_tokenizer():
 
 
 def test_encoders_carry_logical_axes_and_run_sharded_on_a_mesh():
-    """Both encoders' parameters name logical axes the default rules know; the tiny T5,
-    its parameters sharded over a (1, 2, 4) mesh of 8 CPU devices, gives the unsharded output."""
-    from videogen import config, sharding
+    """Both encoders' parameters name logical axes the sharding presets know; the tiny T5,
+    its parameters sharded by "fsdp_tensor" over a (1, 2, 4) mesh of 8 CPU devices, gives the
+    unsharded output."""
+    from videogen import sharding
 
-    rules = config.DEFAULT_SHARDING_RULES
-    known = {name for name, _ in rules}
+    known = set(sharding.PARAMETER_AXES)
     t5 = load_t5_encoder(DATA / "tiny_t5_relu")
     for model in (load_minilm(), t5):
         for path, var in nnx.iter_graph(model):
@@ -212,7 +212,7 @@ def test_encoders_carry_logical_axes_and_run_sharded_on_a_mesh():
     ids, mask = reference["ids"].astype(np.int32), reference["mask"].astype(bool)
     graphdef, state = nnx.split(t5)
     mesh = sharding.make_mesh((1, 2, 4))
-    sharded = jax.device_put(state, sharding.state_shardings(state, mesh, rules))
+    sharded = jax.device_put(state, sharding.state_shardings(state, mesh, "fsdp_tensor"))
     assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(sharded))
     forward = jax.jit(lambda s, i, m: nnx.merge(graphdef, s)(i, m))
     np.testing.assert_allclose(

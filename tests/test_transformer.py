@@ -31,18 +31,6 @@ LENGTH = 16
 MODEL = dict(
     **TINY, num_tokens=LENGTH, sub_vocab_size=8, num_factors=2, prefix_vocab_size=5, prefix_length=2
 )
-# The rules the module comment suggests for config.DEFAULT_SHARDING_RULES.
-SUGGESTED_RULES = (
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
-    ("factors", None),
-    ("positions", None),
-    ("prefix_vocab", None),
-    ("channels", None),
-)
 
 
 def _rngs(seed: int = 0) -> nnx.Rngs:
@@ -427,7 +415,7 @@ def test_parameter_count_matches_table_6_1(variant, reported):
     assert abs(count - reported) / reported < 0.005, count
 
 
-def test_parameters_carry_logical_axis_names_that_the_suggested_rules_shard():
+def test_parameters_carry_logical_axis_names_that_the_fsdp_tensor_preset_shards():
     model = _abstract("B")
     names = {}
     for path, var in nnx.iter_graph(model):
@@ -435,13 +423,13 @@ def test_parameters_carry_logical_axis_names_that_the_suggested_rules_shard():
             axes = var.get_metadata()["out_sharding"]
             assert len(axes) == var.ndim, (path, axes)
             names["/".join(map(str, path))] = tuple(axes)
-    assert {a for axes in names.values() for a in axes} == {r for r, _ in SUGGESTED_RULES}
+    assert {a for axes in names.values() for a in axes} <= set(sharding.PARAMETER_AXES)
     mesh = sharding.make_mesh((1, 2, 4))
     _, abstract_state = nnx.split(model)
     specs = {
         "/".join(map(str, path)): s.spec
         for path, s in nnx.to_flat_state(
-            sharding.state_shardings(abstract_state, mesh, SUGGESTED_RULES)
+            sharding.state_shardings(abstract_state, mesh, "fsdp_tensor")
         )
     }
     assert specs["token_embedding"] == jax.sharding.PartitionSpec(None, "tensor", "fsdp")

@@ -131,30 +131,6 @@ def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collection
     return ml_collections.ConfigDict({"shape": (data, fsdp, tensor)})
 
 
-# Logical parameter axes -> mesh axes. Parameters name their axes (see
-# videogen/models/layers.py); this table decides how they are split. Output
-# channels shard over fsdp (ZeRO-3 style), everything else is replicated.
-DEFAULT_SHARDING_RULES = (
-    ("channels_out", "fsdp"),
-    ("channels_in", None),
-    ("channels", None),
-    ("conv_t", None),
-    ("conv_h", None),
-    ("conv_w", None),
-    ("codebook", "fsdp"),
-    # Transformers (videogen/models/transformer.py): FSDP over the model width,
-    # tensor parallelism over heads, MLP hidden units and the vocabulary.
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("head_dim", None),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("prefix_vocab", None),
-    ("positions", None),
-    ("factors", None),
-)
-
-
 # Training videos per dataset as the thesis counts them (6.5.6; "384K" for Kinetics-600,
 # "9.5K" for UCF-101, "43K" for BAIR, "169K" for SSv2): an epoch, the unit of its training
 # lengths (Tables 3.1 and 6.10, 5.4.1, 5.4.2), is one clip of each.
@@ -199,11 +175,18 @@ def data_config() -> ml_collections.ConfigDict:
 
 
 def add_run_settings(c: ml_collections.ConfigDict) -> None:
-    """The settings every run has: mesh and sharding rules, checkpoints, log interval."""
+    """The settings every run has: mesh and sharding preset, checkpoints, log interval,
+    precision."""
     c.mesh = mesh_config()
-    c.sharding_rules = DEFAULT_SHARDING_RULES
+    # How parameters and activations split over the mesh: "data_parallel", "fsdp" or
+    # "fsdp_tensor" (videogen/sharding.py PRESETS). "fsdp_tensor" uses whatever fsdp and
+    # tensor axes config.mesh has, so on the default (-1, 1, 1) mesh it is data parallel.
+    c.sharding = "fsdp_tensor"
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     c.log_every_steps = 50
+    # Computation dtype of the trained models: "float32", or "bfloat16" with float32
+    # parameters, optimizer state and EMA, losses and softmax (videogen/precision.py).
+    c.precision = "float32"
 
 
 def reconstruction_eval_config(

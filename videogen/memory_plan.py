@@ -7,7 +7,7 @@ and the batch as `jax.ShapeDtypeStruct`s with their shardings on the mesh. `plan
 compiles that program and splits the per-device bytes into:
 
 - parameters, optimizer state, EMA, other state (RNG counters, step): the train state's
-  leaves, each at its shard's size under the config's sharding rules;
+  leaves, each at its shard's size under the config's sharding preset (`config.sharding`);
 - frozen inputs (LPIPS, a frozen tokenizer, a caption table) and the batch;
 - activations: the part of XLA's temporary buffers that grows with the per-device batch
   (found by compiling again at another batch size: temp = activations(b) + rest);
@@ -112,10 +112,11 @@ def shard_bytes(leaf: jax.ShapeDtypeStruct) -> int:
     return math.prod(shape) * leaf.dtype.itemsize
 
 
-def _abstract_state(build, mesh: Mesh, rules) -> tuple[nnx.GraphDef, Any, Any]:
-    """(graphdef, abstract state with shardings, shardings): as the loop shards a fresh state."""
+def _abstract_state(build, mesh: Mesh, preset: str) -> tuple[nnx.GraphDef, Any, Any]:
+    """(graphdef, abstract state with shardings, shardings): as the loop shards a fresh state
+    under the sharding preset `preset`."""
     graphdef, abstract = nnx.split(nnx.eval_shape(build))
-    shardings = sharding.state_shardings(abstract, mesh, rules)
+    shardings = sharding.state_shardings(abstract, mesh, preset)
     state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
@@ -165,7 +166,7 @@ def _tokenizer_inputs(config: ml_collections.ConfigDict, mesh: Mesh) -> StepInpu
     from videogen.trainers import tokenizer as trainer
 
     graphdef, state, shardings = _abstract_state(
-        lambda: trainer.create_train_state(config), mesh, config.sharding_rules
+        lambda: trainer.create_train_state(config), mesh, config.sharding
     )
     lpips_graphdef, lpips_state = None, None
     if config.loss.perceptual_weight > 0:
@@ -193,7 +194,7 @@ def _maskgit_inputs(config: ml_collections.ConfigDict, mesh: Mesh) -> StepInputs
     tokenizer = _abstract_tokenizer(config)
     setup = commit_tokens.make_setup(config, tokenizer)
     graphdef, state, shardings = _abstract_state(
-        lambda: maskgit.create_train_state(config, setup), mesh, config.sharding_rules
+        lambda: maskgit.create_train_state(config, setup), mesh, config.sharding
     )
     tokenizer_graphdef, tokenizer_state = nnx.split(tokenizer)
     program = maskgit.jit_train_step(config, setup, graphdef, tokenizer_graphdef, shardings, mesh)
@@ -230,7 +231,7 @@ def _videopoet_inputs(
         audio_samples_fn=lambda: config.data.num_frames * config.sample_rate // VIDEOPOET_FPS,
     )
     graphdef, state, shardings = _abstract_state(
-        lambda: videopoet.create_train_state(config, setup), mesh, config.sharding_rules
+        lambda: videopoet.create_train_state(config, setup), mesh, config.sharding
     )
     program = videopoet.jit_train_step(config, setup, graphdef, shardings, mesh)
     n, d = config.text.max_tokens, config.text.dim

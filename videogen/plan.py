@@ -14,9 +14,9 @@ by another backend, so treat the numbers as an estimate (benchmarks/memory_plan_
 measures how close the planner is to a real step on CPU).
 
 When the step does not fit an accelerator (TPU v4 32 GiB, v5e 16 GiB, H100 80 GiB), the
-planner compiles it again with each switch the config has (model.remat, FSDP over the
-data-parallel devices, half the per-device batch; bf16 is estimated as half the activations
-while no config has a precision switch) and names the first that fits.
+planner compiles it again with each switch the config has (model.remat, bf16 computation
+with `precision=bfloat16`, FSDP over the data-parallel devices, half the per-device batch)
+and names the first that fits.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def define_flags() -> dict:
             "accelerator", None, sorted(ACCELERATORS), "Judge the fit on this one (default: all)."
         ),
         "switches": flags.DEFINE_bool(
-            "switches", True, "When the step does not fit, compile with remat / FSDP / half batch."
+            "switches",
+            True,
+            "When the step does not fit, compile with remat / bf16 / FSDP / half batch.",
         ),
         "captions": flags.DEFINE_integer(
             "captions", 1024, "VideoPoet: caption-table rows (replicated on every device)."
@@ -122,10 +124,16 @@ def switch_configs(config, mesh_shape: tuple[int, int, int]):
     out = []
     if "remat" in config.model and not config.model.remat:
         out.append(("remat (model.remat=True)", dict(model__remat=True), mesh_shape))
-    if "dtype" in config.model and config.model.dtype != "bfloat16":
-        out.append(("bf16 (model.dtype=bfloat16)", dict(model__dtype="bfloat16"), mesh_shape))
-    if data > 1:
-        out.append((f"FSDP (mesh {(1, parallel, tensor)})", {}, (1, parallel, tensor)))
+    if config.precision != "bfloat16":
+        out.append(("bf16 (precision=bfloat16)", dict(precision="bfloat16"), mesh_shape))
+    # FSDP over every data-parallel device: the fsdp axis takes them all, under a preset that
+    # shards over it ("data_parallel" keeps every parameter whole on any mesh).
+    fsdp_preset = "fsdp" if config.sharding == "data_parallel" else config.sharding
+    fsdp_mesh = (1, parallel, tensor)
+    with_fsdp = parallel > 1 and (data > 1 or fsdp_preset != config.sharding)
+    if with_fsdp:
+        name = f"FSDP (sharding={fsdp_preset}, mesh {fsdp_mesh})"
+        out.append((name, dict(sharding=fsdp_preset), fsdp_mesh))
     per_device = config.batch_size // parallel
     if per_device >= 2:
         half = per_device // 2 * parallel
@@ -133,7 +141,7 @@ def switch_configs(config, mesh_shape: tuple[int, int, int]):
         out.append((name, dict(batch_size=half), mesh_shape))
     if len(out) > 1:
         values = {k: v for _, o, _ in out for k, v in o.items()}
-        out.append(("all of the above", values, (1, parallel, tensor) if data > 1 else mesh_shape))
+        out.append(("all of the above", values, fsdp_mesh if with_fsdp else mesh_shape))
     return [(name, memory_plan.override(config, **values), shape) for name, values, shape in out]
 
 
@@ -175,12 +183,6 @@ def run(
             total = plan_on(cfg, shape, False).total
             tried.append((name, total))
             print(f"  with {name}: {gib(total)} GiB")
-        if "dtype" not in config.model:
-            # No config switch to compile with yet. Mixed precision keeps float32 parameters
-            # and optimizer state, so what halves is what the forward pass keeps.
-            total = plan.total - plan.activations // 2
-            tried.append(("bf16 activations (estimate: activations / 2)", total))
-            print(f"  with bf16 activations (estimate, not compiled): {gib(total)} GiB")
     for a in accelerators:
         limit = ACCELERATORS[a]
         if verdicts[a]:
@@ -197,7 +199,7 @@ def run(
                 "no switch tried makes it fit: add devices (FSDP over more chips) or lower "
                 "--config.batch_size"
                 if tried
-                else "run with --switches to try remat/FSDP/batch"
+                else "run with --switches to try remat/bf16/FSDP/batch"
             )
         )
         print(f"{a} ({limit} GiB): does NOT fit ({gib(plan.total)} GiB); {advice}.")

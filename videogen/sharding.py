@@ -1,14 +1,18 @@
-"""Device mesh, logical-axis rules and the shardings of state and batches.
+"""Device mesh, sharding presets and the shardings of state, batches and activations.
 
-Parameters declare logical axis names (e.g. "channels_out"); the config's
-rules map those names to the mesh axes ("data", "fsdp", "tensor"). The same
-code runs on one CPU device, on 8 fake CPU devices and on multi-host pods:
-only the mesh shape in the config changes.
+Parameters declare logical axis names (e.g. "channels_out"); a preset (`PRESETS`,
+chosen by `config.sharding`) maps those names to the mesh axes ("data", "fsdp",
+"tensor"). Model code may also pin an activation to logical axes (`constrain`),
+which only acts while a train step traces under `activation_sharding`. The same
+code runs on one CPU device, on 8 fake CPU devices and on multi-host pods: only
+the mesh shape and the preset in the config change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+import contextlib
+import contextvars
 import logging
 import math
 
@@ -20,6 +24,85 @@ import numpy as np
 MESH_AXES = ("data", "fsdp", "tensor")
 # Batches are split over every axis that holds a replica of the data stream.
 BATCH_AXES = ("data", "fsdp")
+
+# A logical axis name -> the mesh axis (or axes) that split it; None: replicated.
+Rules = Mapping[str, str | tuple[str, ...] | None]
+
+# Every logical axis name a parameter carries: conv kernels (layers.CONV3D_KERNEL_AXES,
+# audio_tokenizer.CONV1D_KERNEL_AXES, discriminator.DENSE_KERNEL_AXES), norms
+# ("channels"), codebooks (quantizers.CODEBOOK_AXES), transformers (transformer.*_AXES,
+# prefix_lm, text_encoders).
+PARAMETER_AXES = (
+    "conv_t",
+    "conv_h",
+    "conv_w",
+    "channels_in",
+    "channels_out",
+    "channels",
+    "codebook",
+    "embed",
+    "heads",
+    "head_dim",
+    "mlp",
+    "vocab",
+    "prefix_vocab",
+    "positions",
+    "factors",
+)
+# The names `constrain` takes for activations. They are not the parameters' names: under
+# FSDP a parameter's "embed" or "channels_out" is split over fsdp, but the activations of
+# that feature must not be (fsdp already splits their batch).
+ACTIVATION_AXES = ("activation_batch", "activation_channels", "activation_heads", "activation_mlp")
+
+
+def _preset(**sharded: str | tuple[str, ...]) -> dict[str, str | tuple[str, ...] | None]:
+    """A rule for every logical axis name: the given mesh axes, None (replicated) elsewhere."""
+    unknown = set(sharded) - set(PARAMETER_AXES) - set(ACTIVATION_AXES)
+    assert not unknown, unknown
+    return {name: sharded.get(name) for name in (*PARAMETER_AXES, *ACTIVATION_AXES)}
+
+
+# The ways to split a model over the mesh; `config.sharding` names one. Batches (and with
+# them every activation's batch dimension) are split over data x fsdp in all of them; they
+# differ in what else is split. A dimension that its mesh axis does not divide stays
+# replicated (`logical_to_mesh_spec`), so every preset runs on every mesh.
+PRESETS: dict[str, Rules] = {
+    # Every device holds every parameter (and its optimizer state and EMA).
+    "data_parallel": _preset(activation_batch=BATCH_AXES),
+    # ZeRO-3: each parameter, with its optimizer state and EMA, split over fsdp along one
+    # large axis (conv output channels, codebook entries, transformer width) and
+    # all-gathered where it is used; activations split only by batch.
+    "fsdp": _preset(
+        channels_out="fsdp", codebook="fsdp", embed="fsdp", activation_batch=BATCH_AXES
+    ),
+    # FSDP along another axis than tensor parallelism's, plus tensor parallelism (Megatron):
+    # conv output channels, attention heads, MLP hidden units and the vocabulary over
+    # tensor, so each tensor device computes its share of those features. Conv kernels
+    # take fsdp on their input channels, transformer weights on their width.
+    "fsdp_tensor": _preset(
+        channels_in="fsdp",
+        channels_out="tensor",
+        codebook="fsdp",
+        embed="fsdp",
+        heads="tensor",
+        mlp="tensor",
+        vocab="tensor",
+        activation_batch=BATCH_AXES,
+        activation_channels="tensor",
+        activation_heads="tensor",
+        activation_mlp="tensor",
+    ),
+}
+
+
+def preset_rules(preset: str) -> Rules:
+    """The rule table of the preset named `preset` (`config.sharding`)."""
+    if preset not in PRESETS:
+        raise ValueError(
+            f"config.sharding={preset!r} is not a sharding preset; use one of "
+            f"{sorted(PRESETS)} (videogen/sharding.py PRESETS)."
+        )
+    return PRESETS[preset]
 
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -60,39 +143,39 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
 
 def logical_to_mesh_spec(
     logical: PartitionSpec,
-    rules: Sequence[tuple[str, str | None]],
+    rules: Rules,
     shape: Sequence[int] | None = None,
     mesh: Mesh | None = None,
 ) -> PartitionSpec:
     """Maps a PartitionSpec of logical names to mesh axes with `rules`.
 
-    A mesh axis is used at most once per array; a dimension that the mesh axis
-    size does not divide stays replicated (when `shape` and `mesh` are given).
+    A mesh axis is used at most once per array; a dimension that the mesh axes' size
+    does not divide stays replicated (when `shape` and `mesh` are given).
     """
-    table = dict(rules)
     used: set[str] = set()
     out = []
     for dim, name in enumerate(logical):
-        axis = table.get(name) if name is not None else None
-        if name is not None and name not in table:
+        if name is not None and name not in rules:
             raise ValueError(
-                f"logical axis {name!r} has no sharding rule; add it to config.sharding_rules."
+                f"logical axis {name!r} has no sharding rule; add it to PARAMETER_AXES or "
+                "ACTIVATION_AXES in videogen/sharding.py (and to a preset if it is split)."
             )
-        if axis is not None and (
-            axis in used
-            or (shape is not None and mesh is not None and shape[dim] % mesh.shape[axis])
+        axis = rules[name] if name is not None else None
+        axes = (axis,) if isinstance(axis, str) else tuple(axis or ())
+        if any(a in used for a in axes) or (
+            shape is not None
+            and mesh is not None
+            and shape[dim] % math.prod(mesh.shape[a] for a in axes)
         ):
-            axis = None
-        if axis is not None:
-            used.add(axis)
+            axis, axes = None, ()
+        used.update(axes)
         out.append(axis)
     return PartitionSpec(*out)
 
 
-def state_shardings(
-    abstract_state: nnx.State, mesh: Mesh, rules: Sequence[tuple[str, str | None]]
-) -> nnx.State:
-    """NamedShardings for every array of an (abstract) NNX state."""
+def state_shardings(abstract_state: nnx.State, mesh: Mesh, preset: str) -> nnx.State:
+    """NamedShardings for every array of an (abstract) NNX state under the named preset."""
+    rules = preset_rules(preset)
     logical = nnx.get_partition_spec(abstract_state)
 
     def to_sharding(spec, leaf):
@@ -102,6 +185,48 @@ def state_shardings(
     return jax.tree.map(
         to_sharding, logical, abstract_state, is_leaf=lambda x: isinstance(x, PartitionSpec)
     )
+
+
+# (mesh, rules) while a train step traces under `activation_sharding`; None otherwise.
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(
+    "videogen_activation_sharding", default=None
+)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, preset: str) -> Iterator[None]:
+    """Makes `constrain` pin activations to `preset`'s mesh axes on `mesh`.
+
+    Entered inside the jitted function (`loop.jit_step`), so it holds exactly while the
+    step traces; a constraint is part of the traced program and needs nothing at run time.
+    """
+    token = _ACTIVE.set((mesh, preset_rules(preset)))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def constrain(x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
+    """`x` with its sharding pinned to the logical axes `logical` (one name or None per
+    dimension, names from ACTIVATION_AXES) under the active `activation_sharding`.
+
+    Outside one (eager calls, unit tests, samplers) `x` is returned as it is. Inside,
+    parameter shardings alone leave XLA free to gather a tensor-parallel weight and
+    compute the whole feature dimension on every device; pinning the activations'
+    features to the tensor axis keeps each device on its share.
+    """
+    if len(logical) != x.ndim:
+        raise ValueError(
+            f"logical axes {logical} name {len(logical)} dimensions but the array has shape "
+            f"{x.shape}; give one name (or None) per dimension."
+        )
+    active = _ACTIVE.get()
+    if active is None:
+        return x
+    mesh, rules = active
+    spec = logical_to_mesh_spec(PartitionSpec(*logical), rules, x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -108,9 +108,10 @@ def per_example_logits(logits: list[Float[Array, "b t f 1"]]) -> Float[Array, " 
 def feature_matching_loss(
     real_features: list[list[jax.Array]], fake_features: list[list[jax.Array]]
 ) -> Float[Array, ""]:
-    """Mean over scales and layers of ``mean|f_real - f_fake|`` (real features get no gradient)."""
+    """Mean over scales and layers of ``mean|f_real - f_fake|`` (real features get no gradient),
+    in float32 whatever the features' dtype."""
     terms = [
-        jnp.mean(jnp.abs(jax.lax.stop_gradient(r) - f))
+        jnp.mean(jnp.abs(jax.lax.stop_gradient(r).astype(jnp.float32) - f.astype(jnp.float32)))
         for real, fake in zip(real_features, fake_features)
         for r, f in zip(real, fake)
     ]

@@ -37,11 +37,16 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from videogen import sharding
 from videogen.models.layers import CONV_BIAS_AXES
 from videogen.models.quantizers import ResidualVQ
 
 # A 1-D kernel's taps run along the time axis ("conv_t"), as in layers.CONV3D_KERNEL_AXES.
 CONV1D_KERNEL_AXES = ("conv_t", "channels_in", "channels_out")
+# Its output split by batch and output channel, and its kernel gathered for use but for the
+# tensor-parallel output channels, as layers.CONV3D_ACTIVATION_AXES / CONV3D_KERNEL_USE_AXES.
+CONV1D_ACTIVATION_AXES = ("activation_batch", None, "activation_channels")
+CONV1D_KERNEL_USE_AXES = (None, None, "activation_channels")
 RESIDUAL_DILATIONS = (1, 3, 9)
 # PyTorch's default conv initialisation, U(+-1 / sqrt(fan_in)), which SoundStream-style
 # codecs are trained from; also far cheaper to compile than a truncated normal.
@@ -91,13 +96,13 @@ class CausalConv1d(nnx.Module):
             left = self.kernel_size - self.stride
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype),
-            self.kernel[...].astype(self.dtype),
+            sharding.constrain(self.kernel[...].astype(self.dtype), CONV1D_KERNEL_USE_AXES),
             (self.stride,),
             [(left, 0)],
             rhs_dilation=(self.dilation,),
             dimension_numbers=("NWC", "WIO", "NWC"),
         )
-        return y + self.bias[...].astype(self.dtype)
+        return sharding.constrain(y + self.bias[...].astype(self.dtype), CONV1D_ACTIVATION_AXES)
 
 
 class ResidualUnit(nnx.Module):
@@ -178,7 +183,8 @@ class AudioEncoder(nnx.Module):
             for unit in units:
                 x = unit(x)
             x = down(jax.nn.elu(x))
-        return self.head(jax.nn.elu(x))
+        # Float32 latents whatever the computation dtype: the residual VQ works in float32.
+        return self.head(jax.nn.elu(x)).astype(jnp.float32)
 
 
 class AudioDecoder(nnx.Module):

@@ -1,8 +1,9 @@
 """Video convolution building blocks shared by the MAGVIT-v2 and MAGVIT 3D-VQ tokenizers.
 
 All tensors are channels-last: ``[B, T, H, W, C]``. Parameters carry logical
-axis names (``out_sharding`` metadata) that `videogen.sharding` maps to mesh
-axes; nothing here knows about the mesh.
+axis names (``out_sharding`` metadata) and conv outputs name their activations'
+logical axes (`sharding.constrain`); the sharding preset maps both to mesh axes,
+and nothing here knows about the mesh.
 
 Temporal causality (thesis Sec. 5.3.2): a causal layer's output frame ``t``
 depends on input frames ``<= t`` only. A temporal stride ``s`` maps
@@ -32,10 +33,21 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
+from videogen import sharding
+
 # Logical axis names of every parameter; `videogen.sharding` maps them to mesh axes.
 CONV3D_KERNEL_AXES = ("conv_t", "conv_h", "conv_w", "channels_in", "channels_out")
 CONV_BIAS_AXES = ("channels_out",)
 NORM_AXES = ("channels",)
+# A conv's output, split by batch and, under tensor parallelism, by output channel: each
+# tensor device computes the channels of its share of the kernel (`sharding.constrain`,
+# a no-op outside a sharded train step).
+CONV3D_ACTIVATION_AXES = ("activation_batch", None, None, None, "activation_channels")
+# A conv kernel as it is used: whole but for its tensor-parallel output channels. FSDP
+# gathers a kernel's shards before the conv anyway; saying so keeps XLA's SPMD partitioner
+# (jax 0.10.2) off a plan that gives wrong kernel gradients when the batch and the kernel's
+# input channels are both split over fsdp (BUILD_NOTES.md, "Sharding presets").
+CONV3D_KERNEL_USE_AXES = (None, None, None, None, "activation_channels")
 
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 PaddingMode = Literal["zeros", "reflect"]
@@ -190,10 +202,12 @@ class CausalConv3d(nnx.Module):
             x = jnp.pad(x, ((0, 0), pad_t_reflect, *padding[1:], (0, 0)), mode="reflect")
             padding = (pad_t if self.causal else (0, 0), (0, 0), (0, 0))
         conv = conv3d_by_temporal_taps if jax.default_backend() == "cpu" else conv3d_single
-        y = conv(x, self.kernel[...].astype(self.dtype), self.strides, padding)
+        # Cast, then gather (half the bytes in bfloat16).
+        kernel = sharding.constrain(self.kernel[...].astype(self.dtype), CONV3D_KERNEL_USE_AXES)
+        y = conv(x, kernel, self.strides, padding)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
-        return y
+        return sharding.constrain(y, CONV3D_ACTIVATION_AXES)
 
     def _after_carry(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t2 h w ci"]:
         """``x`` behind the carried frames (the causal zero padding on the first chunk); keeps

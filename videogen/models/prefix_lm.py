@@ -46,7 +46,7 @@ from videogen.models.transformer import (
     rotary_angles,
 )
 
-# Logical axis names of the parameters (rules in config.DEFAULT_SHARDING_RULES); the stack's
+# Logical axis names of the parameters (mapped by videogen/sharding.py PRESETS); the stack's
 # follow transformer.py and the token embedding is laid out like the text encoder's
 # (VOCAB_EMBEDDING_AXES). The text projection's input axis is the text encoder's width,
 # small and never sharded.

@@ -35,13 +35,12 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
+from videogen import sharding
 from videogen.models.layers import NORM_AXES
 
-# Logical axis names of the parameters below. config.DEFAULT_SHARDING_RULES needs one rule
-# per name; suggested (Megatron-style tensor parallelism, ZeRO-3 style fsdp):
-#   ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("head_dim", None),
-#   ("vocab", "tensor"), ("factors", None), ("positions", None), ("prefix_vocab", None),
-#   ("channels", None) for the norms (layers.NORM_AXES)
+# Logical axis names of the parameters below; the sharding presets (videogen/sharding.py)
+# map them to mesh axes. "fsdp_tensor" is Megatron-style tensor parallelism over "heads",
+# "mlp" and "vocab" with ZeRO-3 style fsdp over "embed".
 QKV_KERNEL_AXES = ("embed", "heads", "head_dim")
 QKV_BIAS_AXES = ("heads", "head_dim")
 OUT_KERNEL_AXES = ("heads", "head_dim", "embed")
@@ -57,6 +56,14 @@ HEAD_KERNEL_AXES = ("factors", "embed", "mlp")
 HEAD_HIDDEN_AXES = ("factors", "mlp")
 HEAD_NORM_AXES = ("factors", *NORM_AXES)
 HEAD_BIAS_AXES = ("factors", "vocab")
+# Logical axes of activations (`sharding.constrain`, a no-op outside a sharded train step).
+# Under tensor parallelism a device keeps its share of the heads and MLP units from the
+# projection that makes them to the one that consumes them, and the residual stream between
+# blocks is split by batch only (each tensor device holds all of it, so the next block's
+# projections need no gather).
+HEADS_ACTIVATION_AXES = ("activation_batch", None, "activation_heads", None)
+MLP_ACTIVATION_AXES = ("activation_batch", None, "activation_mlp")
+RESIDUAL_ACTIVATION_AXES = ("activation_batch", None, None)
 
 # Table 6.1 of the thesis (MAGVIT transformer variants; B and L follow ViT).
 MAGVIT_SIZES = {
@@ -211,7 +218,7 @@ class MultiHeadAttention(nnx.Module):
 
     def _project(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param) -> jax.Array:
         y = jnp.einsum("bsd,dhk->bshk", x.astype(self.dtype), kernel[...].astype(self.dtype))
-        return y + bias[...].astype(self.dtype)
+        return sharding.constrain(y + bias[...].astype(self.dtype), HEADS_ACTIVATION_AXES)
 
     def _attend(
         self,
@@ -230,7 +237,7 @@ class MultiHeadAttention(nnx.Module):
         logits = jnp.where(mask, logits * self.head_dim**-0.5, _MASKED)
         probs = jax.nn.softmax(logits, axis=-1)
         probs = self.dropout(probs, deterministic=deterministic).astype(self.dtype)
-        y = jnp.einsum("bhqs,bshd->bqhd", probs, v)
+        y = sharding.constrain(jnp.einsum("bhqs,bshd->bqhd", probs, v), HEADS_ACTIVATION_AXES)
         out = jnp.einsum("bqhd,hde->bqe", y, self.out[...].astype(self.dtype))
         return out + self.out_bias[...].astype(self.dtype)
 
@@ -309,6 +316,7 @@ class Mlp(nnx.Module):
         # The tanh approximation of GELU by default, as MAGVIT's BERT (jax.nn.gelu's default);
         # the erf form for checkpoints trained with it (Hugging Face BERT's "gelu").
         h = jax.nn.gelu(h, approximate=self.approximate_gelu)
+        h = sharding.constrain(h, MLP_ACTIVATION_AXES)
         return jnp.einsum("blm,md->bld", h, self.wo[...].astype(dt)) + self.bo[...].astype(dt)
 
 
@@ -366,7 +374,7 @@ class TransformerBlock(nnx.Module):
                 x = x + self.dropout(layer(norm(x)), deterministic=deterministic)
             else:
                 x = norm(x + self.dropout(layer(x), deterministic=deterministic))
-        return x
+        return sharding.constrain(x, RESIDUAL_ACTIVATION_AXES)
 
     def __call__(
         self,

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from videogen import optim, sharding
+from videogen import optim, precision, sharding
 from videogen.data import moving_digits, sources
 from videogen.evaluation import audio_metrics
 from videogen.models.audio_discriminator import (
@@ -63,6 +63,7 @@ def uses_gan(config: ml_collections.ConfigDict) -> bool:
 def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
     model = SoundStreamTokenizer(
         **config.model.to_dict(),
+        dtype=precision.compute_dtype(config),
         # 'rbg' initialises fast on CPU; quantizer dropout and code restarts draw from 'dropout'.
         rngs=nnx.Rngs(params=jax.random.key(config.seed, impl="rbg"), dropout=config.seed + 1),
     )
@@ -71,6 +72,7 @@ def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
         return TrainState(model, tx)
     discriminator = MultiScaleSTFTDiscriminator(
         **config.discriminator.to_dict(),
+        dtype=precision.compute_dtype(config),
         rngs=nnx.Rngs(jax.random.key(config.seed + 2, impl="rbg")),
     )
     d_tx = optim.make_optimizer(config.discriminator_optimizer, config.num_train_steps)
@@ -169,7 +171,10 @@ def make_step(
 ) -> loop.StepFn:
     schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
     jitted = loop.jit_step(
-        functools.partial(train_step, graphdef, config, schedule), state_shardings, mesh
+        functools.partial(train_step, graphdef, config, schedule),
+        state_shardings,
+        mesh,
+        preset=config.sharding,
     )
     return lambda state, batch, step: jitted(state, batch)
 

@@ -32,16 +32,24 @@ def to_float(video: UInt8[Array, "b T H W c"]) -> Float[Array, "b T H W c"]:
     return video.astype(jnp.float32) / 127.5 - 1.0
 
 
-def build_tokenizer(config: ml_collections.ConfigDict) -> nnx.Module:
-    """The tokenizer class named by `config.model_class` in videogen.models.tokenizer."""
+def build_tokenizer(
+    config: ml_collections.ConfigDict, *, dtype: jnp.dtype = jnp.float32
+) -> nnx.Module:
+    """The tokenizer class named by `config.model_class` in videogen.models.tokenizer,
+    computing in `dtype` (float32 parameters either way; the tokenizer trainer passes its
+    run's precision, a frozen tokenizer computes in float32)."""
     cls = getattr(tokenizer_models, config.model_class, None)
     if cls is None:
         raise ValueError(
             f"config.model_class={config.model_class!r} is not defined in "
             "videogen/models/tokenizer.py."
         )
-    # The 'rbg' PRNG compiles the initialiser several times faster than threefry on CPU.
-    return cls(**config.model.to_dict(), rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")))
+    return cls(
+        **config.model.to_dict(),
+        dtype=dtype,
+        # The 'rbg' PRNG compiles the initialiser several times faster than threefry on CPU.
+        rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")),
+    )
 
 
 def load_tokenizer(

@@ -136,7 +136,7 @@ class Run:
         """
         build = self.trainer.build_state
         graphdef, abstract_state = nnx.split(nnx.eval_shape(build))
-        shardings = sharding.state_shardings(abstract_state, self.mesh, self.config.sharding_rules)
+        shardings = sharding.state_shardings(abstract_state, self.mesh, self.config.sharding)
         sharding.log_sharding_summary(shardings, abstract_state)
         latest = self.checkpointer.latest_step()
         if latest is None:
@@ -283,15 +283,24 @@ def jit_step(
     state_shardings: nnx.State,
     mesh: Mesh,
     *,
+    preset: str,
     frozen_args: int = 0,
 ) -> StepProgram:
     """`step(state, *frozen, batch) -> (state, metrics)` jitted the one way every trainer's is:
     the state sharded by its shardings and donated, `frozen_args` frozen inputs (LPIPS, a
-    frozen tokenizer) replicated, the batch split over the data axes, metrics replicated."""
+    frozen tokenizer) replicated, the batch split over the data axes, metrics replicated,
+    and the models' activation constraints (`sharding.constrain`) mapped by the sharding
+    preset `preset` (config.sharding)."""
     replicated = sharding.replicated(mesh)
+
+    def constrained_step(*args):
+        # Entered while jit traces the step, so the constraints land in its program.
+        with sharding.activation_sharding(mesh, preset):
+            return step(*args)
+
     return StepProgram(
         jax.jit(
-            step,
+            constrained_step,
             in_shardings=(
                 state_shardings,
                 *[replicated] * frozen_args,

@@ -25,7 +25,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from videogen import config as config_lib
-from videogen import optim, sharding
+from videogen import optim, precision, sharding
 from videogen.data import sources, token_files
 from videogen.evaluation import video_grid
 from videogen.models.transformer import MAGVIT_SIZES, MaskedVideoTransformer
@@ -64,6 +64,7 @@ def build_model(config: ml_collections.ConfigDict, setup: CommitSetup) -> Masked
         token_grid=setup.latent_shape,
         rope_base=config.model.rope_base,
         remat=config.model.remat,
+        dtype=precision.compute_dtype(config),
         # 'rbg' initialises fast on CPU; dropout keys stay threefry, whose bits do not
         # depend on how the batch is sharded.
         rngs=nnx.Rngs(
@@ -221,6 +222,7 @@ def jit_train_step(
         functools.partial(train_step, graphdef, tokenizer_graphdef, setup, config, schedule),
         state_shardings,
         mesh,
+        preset=config.sharding,
         frozen_args=1,
     )
 

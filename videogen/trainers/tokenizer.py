@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from videogen import optim, sharding
+from videogen import optim, precision, sharding
 from videogen.data import sources
 from videogen.evaluation import evaluator, image_metrics, lpips, video_grid
 from videogen.models import discriminator as discriminator_models
@@ -73,19 +73,20 @@ def build_discriminator(config: ml_collections.ConfigDict) -> nnx.Module:
         **config.discriminator.to_dict(),
         num_frames=config.data.num_frames,
         resolution=config.data.resolution,
+        dtype=precision.compute_dtype(config),
         rngs=nnx.Rngs(jax.random.key(config.seed + 1, impl="rbg")),
     )
 
 
 def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
-    """A fresh train state for `config`: with discriminator when the GAN loss is on."""
+    """A fresh train state for `config`: with discriminator when the GAN loss is on; both
+    compute in `config.precision`."""
     tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    model = frozen_tokenizer.build_tokenizer(config, dtype=precision.compute_dtype(config))
     if not uses_gan(config):
-        return TrainState(frozen_tokenizer.build_tokenizer(config), tx)
+        return TrainState(model, tx)
     d_tx = optim.make_optimizer(config.discriminator_optimizer, config.num_train_steps)
-    return TrainState(
-        frozen_tokenizer.build_tokenizer(config), tx, build_discriminator(config), d_tx
-    )
+    return TrainState(model, tx, build_discriminator(config), d_tx)
 
 
 def entropy_weight_at(step: jax.Array, loss: ml_collections.ConfigDict) -> jax.Array:
@@ -556,6 +557,7 @@ def jit_train_step(
         functools.partial(train_step, graphdef, lpips_graphdef, config, schedule, adversarial),
         state_shardings,
         mesh,
+        preset=config.sharding,
         frozen_args=1,
     )
 

@@ -27,7 +27,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from videogen import config as config_lib
-from videogen import optim, sharding
+from videogen import optim, precision, sharding
 from videogen.evaluation import audio_grid, video_grid
 from videogen.data import token_files
 from videogen.models.prefix_lm import PREFIX_LM_SIZES, PrefixLM, next_token_nll
@@ -59,6 +59,7 @@ def build_model(config: ml_collections.ConfigDict, setup: VideoPoetSetup) -> Pre
         attention_dropout_rate=config.model.attention_dropout_rate,
         rope_base=config.model.rope_base,
         remat=config.model.remat,
+        dtype=precision.compute_dtype(config),
         # 'rbg' initialises fast on CPU; dropout keys stay threefry, whose bits do not
         # depend on how the batch is sharded.
         rngs=nnx.Rngs(
@@ -159,6 +160,7 @@ def jit_train_step(
         functools.partial(train_step, graphdef, setup, config.text.drop_prob, schedule),
         state_shardings,
         mesh,
+        preset=config.sharding,
         frozen_args=2,
     )
 
