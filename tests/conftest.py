@@ -26,38 +26,6 @@ import pytest  # noqa: E402
 
 from tiny_configs import load_experiment, tiny  # noqa: E402
 
-# The suite runs with `-n auto --dist loadfile --no-loadscope-reorder` (README): each
-# module on one worker, so its module fixtures and compiled steps are built once, not once
-# per worker. Workers take modules in collection order; handing out the costliest first
-# (longest-processing-time-first) lets the two workers finish together instead of one
-# running a 3-minute module alone at the end. Worker-seconds per module, measured with
-# `--durations=0` (BUILD_NOTES.md, "Test suite"); modules not listed are cheap and follow.
-MODULES_BY_COST = (
-    "test_tokenizer_trainer.py",  # 343
-    "test_maskgit_trainer.py",  # 208
-    "test_multiprocess.py",  # 169
-    "test_videopoet_trainer.py",  # 109
-    "test_notebooks.py",  # 105
-    "test_tokenizer_gan.py",  # 104
-    "test_sharding_presets.py",  # 91
-    "test_evaluator.py",  # 84
-    "test_tokenizer.py",  # 76
-    "test_audio_trainer.py",  # 74
-    "test_precision.py",  # 71
-    "test_cli.py",  # 58
-    "test_transformer.py",  # 55
-    "test_feature_stats.py",  # 53
-    "test_stages.py",  # 52
-    "test_inflation_training.py",  # 42
-    "test_digit_classifier.py",  # 37
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Costliest modules first (see MODULES_BY_COST); order within a module unchanged."""
-    rank = {name: i for i, name in enumerate(MODULES_BY_COST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
 
 @pytest.fixture(scope="session")
 def tokenizer_workdir(tmp_path_factory):
