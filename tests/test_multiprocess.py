@@ -59,7 +59,7 @@ def _xla_flags(devices: int) -> str:
 
 
 def _launch(tmp_path, name, overrides, workdir, processes):
-    """`processes` copies of videogen.main on one run, 8 devices in all."""
+    """`processes` copies of videogen.main on one run, 8 devices in all (8 // processes each)."""
     config_file = tmp_path / f"{name}_config.py"
     config_file.write_text(_CONFIG_FILE.format(tests=TESTS, name=name, overrides=overrides))
     port = _free_port()
@@ -167,10 +167,11 @@ def test_two_processes_stop_together_on_sigterm_and_resume_as_one_process_would(
     )
 
 
-def test_two_processes_train_the_generator_as_one_process_would(tmp_path, tokenizer_workdir):
-    """MAGVIT's stage 2 on 2 processes x 4 devices, a (2, 2, 2) mesh spanning them, each
-    process tokenizing its share of the batch with the frozen tokenizer: the losses and the
-    task draws equal one process on the same mesh."""
+def test_four_processes_train_the_generator_as_one_process_would(tmp_path, tokenizer_workdir):
+    """MAGVIT's stage 2 on 4 processes x 2 devices, a (2, 2, 2) mesh spanning them, each
+    process tokenizing its 2 rows of the batch of 8 with the frozen tokenizer: the losses
+    and the task draws equal one process on the same mesh (rows read twice, or in another
+    order, would draw other tasks and masks and change the loss)."""
     overrides = {
         **MASKGIT_TINY,
         "tokenizer_workdir": tokenizer_workdir,
@@ -179,7 +180,9 @@ def test_two_processes_train_the_generator_as_one_process_would(tmp_path, tokeni
         "mesh.shape": (2, 2, 2),
     }
     workdir = str(tmp_path / "run")
-    outputs = _finish(_launch(tmp_path, "magvit_bair_mt8", overrides, workdir, processes=2))
+    outputs = _finish(_launch(tmp_path, "magvit_bair_mt8", overrides, workdir, processes=4))
+    for index, out in enumerate(outputs):
+        assert f"JAX process {index}/4" in out, out[-3000:]
     losses = _logged_losses(outputs[0])
     assert sorted(losses) == [1, 2, 3]
     config = configure(load_experiment("magvit_bair_mt8").get_config(), **overrides)
