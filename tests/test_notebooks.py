@@ -147,9 +147,12 @@ def test_magvit_notebook_trains_a_tiny_generator_and_decodes_every_task(
     for task, out in samples.items():
         assert out.sample.shape == out.condition.shape == (2, 9, 32, 32, 3), task
         assert out.steps.shape == (k, 2, 9, 32, 32, 3), task
-        # Each step fixes more cells and the last fixes all: its picture is the sample.
+        # Each step fixes more cells and the last fixes all: its picture is the sample. The
+        # same tokens are decoded in a batch of steps rather than alone, another compiled
+        # program, so a pixel near a rounding boundary may land one uint8 level apart.
         assert np.all(np.diff(out.masked, axis=0) <= 0) and np.all(out.masked[-1] == 0), task
-        np.testing.assert_array_equal(out.steps[-1], out.sample, err_msg=task)
+        gap = np.abs(out.steps[-1].astype(int) - out.sample.astype(int))
+        assert gap.max() <= 1 and np.mean(gap == 0) > 0.999, (task, gap.max(), np.mean(gap))
     # FP's condition is frame 0 replicated; CG's starts with every cell masked (dimmed).
     fp = samples["FP"].condition
     np.testing.assert_array_equal(fp, np.repeat(fp[:, :1], 9, axis=1))
