@@ -9,12 +9,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # GAN train step compiles 2.1x faster (benchmarks/compile_time.py, BUILD_NOTES.md);
 # results stay within the tests' float tolerances. XLA:CPU's newer fusion emitters
 # cost more compile time than they save at these sizes: without them a test module
-# compiles and runs in 25-28% less CPU time (BUILD_NOTES.md, "Test suite, fourth session").
+# compiles and runs in 25-28% less CPU time; and one LLVM module per program instead of
+# splitting it for parallel codegen saves another ~14% when both cores already run a
+# test each (BUILD_NOTES.md, "Test suite, fourth session").
 _FLAGS = (
     "--xla_force_host_platform_device_count=8",
     "--xla_backend_optimization_level=0",
     "--xla_llvm_disable_expensive_passes=true",
     "--xla_cpu_use_fusion_emitters=false",
+    "--xla_cpu_parallel_codegen_split_count=1",
 )
 os.environ["XLA_FLAGS"] = " ".join((os.environ.get("XLA_FLAGS", ""), *_FLAGS)).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
