@@ -423,7 +423,11 @@ def test_parameters_carry_logical_axis_names_that_the_fsdp_tensor_preset_shards(
             axes = var.get_metadata()["out_sharding"]
             assert len(axes) == var.ndim, (path, axes)
             names["/".join(map(str, path))] = tuple(axes)
-    assert {a for axes in names.values() for a in axes} <= set(sharding.PARAMETER_AXES)
+    # Exactly the transformer's names, every one a parameter axis the presets map.
+    transformer_axes = {"embed", "mlp", "heads", "head_dim", "vocab", "factors", "positions"}
+    transformer_axes |= {"prefix_vocab", "channels"}
+    assert {a for axes in names.values() for a in axes} == transformer_axes
+    assert transformer_axes <= set(sharding.PARAMETER_AXES)
     mesh = sharding.make_mesh((1, 2, 4))
     _, abstract_state = nnx.split(model)
     specs = {
