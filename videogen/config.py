@@ -231,9 +231,6 @@ def tokenizer_config() -> ml_collections.ConfigDict:
             entropy_temperature=0.01,  # not in the thesis
             entropy_groups=1,  # exact codebook entropy over all 2^18 codes
             temporal_kernel_size=3,  # 1 builds the image (T=1) model that is later inflated
-            # Spatial padding: "zeros" as the thesis; "reflect" keeps a flat region flat up
-            # to the border (temporal padding stays causal zeros either way).
-            padding_mode="zeros",
             remat=False,
         )
     )
