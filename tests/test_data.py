@@ -119,6 +119,39 @@ def test_augment_zooms_mirrors_and_permutes_colours_as_drawn():
         transforms.augment(video, np.random.default_rng(0), max_zoom=0.5)
 
 
+def test_colour_jitter_changes_white_balance_and_saturation_within_its_bounds():
+    # Saturation keeps each pixel's grey level (its channel mean): on a grey clip that level
+    # moves by the mean gain only, and the channels by their own gains (then saturation).
+    grey = np.full((1, 4, 4, 3), 100, np.uint8)
+    levels = np.stack(
+        [
+            transforms.augment(grey, np.random.default_rng(i), colour_jitter=0.5)[0][0, 0, 0]
+            for i in range(200)
+        ]
+    ).astype(float)
+    means = levels.mean(axis=1)
+    assert means.min() >= 100 / 1.5 - 1 and means.max() <= 100 * 1.5 + 1
+    assert levels.min() < 75 and levels.max() > 135  # the range is used
+    assert abs(np.corrcoef(levels[:, 0], levels[:, 1])[0, 1]) < 0.3  # gains per channel
+    # Saturation: a blue-grey pixel moves away from or towards its grey level, both ways.
+    blue = np.zeros((1, 2, 2, 3), np.uint8)
+    blue[..., :] = (60, 70, 110)
+    spreads = [
+        np.ptp(transforms.augment(blue, np.random.default_rng(i), colour_jitter=0.5)[0][0, 0, 0])
+        for i in range(200)
+    ]
+    assert min(spreads) < 50 * 0.8 and max(spreads) > 50 * 1.5
+    again, _ = transforms.augment(blue, np.random.default_rng(3), colour_jitter=0.5)
+    np.testing.assert_array_equal(
+        again, transforms.augment(blue, np.random.default_rng(3), colour_jitter=0.5)[0]
+    )
+    np.testing.assert_array_equal(
+        transforms.augment(blue, np.random.default_rng(3), colour_jitter=0.0)[0], blue
+    )
+    with pytest.raises(ValueError, match=r"colour_jitter=-0.1 \(config.data.augment"):
+        transforms.augment(blue, np.random.default_rng(0), colour_jitter=-0.1)
+
+
 def test_train_source_augments_train_clips_only_and_mirrors_captions():
     config = ml_collections.ConfigDict(
         {"data": config_lib.data_config(), "eval": {"path": ""}, "seed": 0}

@@ -164,9 +164,10 @@ def data_config() -> ml_collections.ConfigDict:
             # (data/short_files in the training metrics).
             short_files="pad",
             # Train clips only (videogen/data/transforms.py `augment`): mirror images, a
-            # zoom-in by up to max_zoom, the colour channels in a random order.
+            # zoom-in by up to max_zoom, the colour channels in a random order, white
+            # balance and saturation changed by up to a factor 1 + colour_jitter.
             augment=ml_collections.ConfigDict(
-                dict(flip=False, max_zoom=1.0, permute_channels=False)
+                dict(flip=False, max_zoom=1.0, permute_channels=False, colour_jitter=0.0)
             ),
             # Appended to a "data not found" error: where the data must be, and what to run instead.
             missing_hint="",

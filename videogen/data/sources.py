@@ -168,9 +168,15 @@ class AugmentedSource:
         flip: bool,
         max_zoom: float,
         permute_channels: bool,
+        colour_jitter: float,
     ):
         self.source, self.seed = source, seed
-        self.options = dict(flip=flip, max_zoom=max_zoom, permute_channels=permute_channels)
+        self.options = dict(
+            flip=flip,
+            max_zoom=max_zoom,
+            permute_channels=permute_channels,
+            colour_jitter=colour_jitter,
+        )
         self.keys = source.keys
 
     def __len__(self) -> int:
@@ -206,7 +212,12 @@ def train_source(
             raise
         raise type(e)(f"{e}\n{config.data.missing_hint}") from e
     augment = config.data.augment
-    if not (augment.flip or augment.max_zoom != 1.0 or augment.permute_channels):
+    if not (
+        augment.flip
+        or augment.max_zoom != 1.0
+        or augment.permute_channels
+        or augment.colour_jitter != 0.0
+    ):
         return source
     return AugmentedSource(source, seed=config.seed, **augment.to_dict())
 

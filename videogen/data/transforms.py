@@ -149,6 +149,7 @@ def augment(
     flip: bool = False,
     max_zoom: float = 1.0,
     permute_channels: bool = False,
+    colour_jitter: float = 0.0,
 ) -> tuple[np.ndarray, bool]:
     """Train-time augmentation of uint8 [T, H, W, C], the same for every frame.
 
@@ -157,13 +158,23 @@ def augment(
     back to H x W: finer detail is no sharper than at the clip size), a mirror
     image with probability 1/2 (`flip`), and the colour channels in one of their
     C! orders (`permute_channels`: every hue the training data has, in every
-    other colour). Returns the clip and whether it was mirrored, so a caption
-    that says left or right can follow.
+    other colour). `colour_jitter` s > 0 then changes the white balance and
+    the saturation: each channel is scaled by its own gain and the distance of
+    every pixel from its grey level by one factor, all drawn log-uniformly from
+    [1 / (1 + s), 1 + s] (a few photographs teach few colours otherwise: a
+    tokenizer trained on them shifts an unseen sky's blue towards grey).
+    Returns the clip and whether it was mirrored, so a caption that says left
+    or right can follow.
     """
     if max_zoom < 1.0:
         raise ValueError(
             f"max_zoom={max_zoom} (config.data.augment.max_zoom); it is the largest zoom-in "
             "factor, so >= 1 (1 turns the zoom off)."
+        )
+    if colour_jitter < 0.0:
+        raise ValueError(
+            f"colour_jitter={colour_jitter} (config.data.augment.colour_jitter); gains and the "
+            "saturation factor are drawn from [1 / (1 + s), 1 + s], so s >= 0 (0 turns it off)."
         )
     height, width = video.shape[1:3]
     if max_zoom > 1.0:
@@ -175,7 +186,21 @@ def augment(
         video = video[:, :, ::-1]
     if permute_channels:
         video = video[..., rng.permutation(video.shape[-1])]
+    if colour_jitter > 0.0:
+        video = _jitter_colours(video, rng, colour_jitter)
     return np.ascontiguousarray(video), mirrored
+
+
+def _jitter_colours(video: np.ndarray, rng: np.random.Generator, s: float) -> np.ndarray:
+    """uint8 [T, H, W, C] with per-channel gains and a saturation factor drawn
+    log-uniformly from [1 / (1 + s), 1 + s]; grey is the mean over channels."""
+    bound = np.log1p(s)
+    gains = np.exp(rng.uniform(-bound, bound, size=video.shape[-1])).astype(np.float32)
+    saturation = np.float32(np.exp(rng.uniform(-bound, bound)))
+    x = video.astype(np.float32) * gains
+    grey = x.mean(axis=-1, keepdims=True)
+    x = grey + saturation * (x - grey)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def sample_clip(
