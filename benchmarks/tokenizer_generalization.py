@@ -12,6 +12,9 @@ in two splits:
 Per source and per split it prints the mean PSNR and SSIM of the reconstructions and of the
 latent-grid baseline (the clip averaged down to the token grid and linearly up-sampled back,
 trainers/tokenizer.py), and their difference. A tokenizer worth its tokens beats the baseline.
+`cast` is the reconstruction's mean signed error per colour channel (R/G/B, uint8 levels):
+a tokenizer that learnt too few colours pulls unseen ones towards grey, which shows here as
+a cast against the source's dominant colour.
 
 Sizes are `TxHxW` clips (square), `quickstart` (experiments/quickstart_tokenizer.py's clip
 size) or `trained` (the run's own); the tokenizer is fully convolutional, so larger clips
@@ -73,6 +76,7 @@ def metrics(graphdef, state, video):
         "baseline_psnr": image_metrics.psnr(baseline01, target01, max_value=1.0),
         "ssim": image_metrics.ssim(recon01, target01, max_value=1.0),
         "baseline_ssim": image_metrics.ssim(baseline01, target01, max_value=1.0),
+        "cast": jnp.mean(recon01 - target01, axis=(1, 2, 3)) * 255.0,  # [b, c]
     }
 
 
@@ -90,13 +94,19 @@ def measure_split(compute, source: real_clips.RealClips, batch_size: int) -> dic
         for j, example in enumerate(examples):
             for key in METRICS:
                 per_source[example["source"]][key].append(float(out[key][j]))
+            per_source[example["source"]]["cast"].append(out["cast"][j])
     table = {
-        key: {"clips": len(values["psnr"]), **{m: float(np.mean(values[m])) for m in METRICS}}
+        key: {
+            "clips": len(values["psnr"]),
+            **{m: float(np.mean(values[m])) for m in METRICS},
+            "cast": np.mean(values["cast"], axis=0).round(2).tolist(),
+        }
         for key, values in per_source.items()
     }
     table["all"] = {
         "clips": sum(row["clips"] for row in table.values()),
         **{m: float(np.mean([row[m] for row in table.values()])) for m in METRICS},
+        "cast": np.mean([row["cast"] for row in table.values()], axis=0).round(2).tolist(),
     }
     return table
 
@@ -128,7 +138,7 @@ def main() -> None:
         f", stride {stride}); {args.per_source} clips per source"
     )
     header = f"{'size':9} {'split':17} {'source':12} {'clips':>5} {'psnr':>6} {'base':>6}"
-    header += f" {'gain':>6} {'ssim':>6} {'base':>6}"
+    header += f" {'gain':>6} {'ssim':>6} {'base':>6}  cast R/G/B"
     print(header)
     results = {}
     for size in args.sizes.split(","):
@@ -151,7 +161,8 @@ def main() -> None:
                 print(
                     f"{name:9} {split:17} {key:12} {row['clips']:5d} {row['psnr']:6.2f} "
                     f"{row['baseline_psnr']:6.2f} {gain:+6.2f} {row['ssim']:6.3f} "
-                    f"{row['baseline_ssim']:6.3f}"
+                    f"{row['baseline_ssim']:6.3f}  "
+                    + "/".join(f"{v:+.1f}" for v in row["cast"])
                 )
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
