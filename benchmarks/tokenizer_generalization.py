@@ -161,8 +161,7 @@ def main() -> None:
                 print(
                     f"{name:9} {split:17} {key:12} {row['clips']:5d} {row['psnr']:6.2f} "
                     f"{row['baseline_psnr']:6.2f} {gain:+6.2f} {row['ssim']:6.3f} "
-                    f"{row['baseline_ssim']:6.3f}  "
-                    + "/".join(f"{v:+.1f}" for v in row["cast"])
+                    f"{row['baseline_ssim']:6.3f}  " + "/".join(f"{v:+.1f}" for v in row["cast"])
                 )
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
