@@ -212,16 +212,16 @@ def _maskgit_inputs(config: ml_collections.ConfigDict, mesh: Mesh) -> StepInputs
     return StepInputs(program, state, (_replicated(tokenizer_state, mesh),), batch)
 
 
-def _videopoet_inputs(
-    config: ml_collections.ConfigDict, mesh: Mesh, captions: int = DEFAULT_CAPTIONS
-) -> StepInputs:
+def abstract_videopoet_setup(config: ml_collections.ConfigDict):
+    """The `VideoPoetSetup` of `config` with abstract tokenizers (built from the configs that
+    `tokenizer_command` and `audio_tokenizer_command` name; nothing trained is read), for
+    data with captions and soundtracks, as the thesis' data has. The train step reads only
+    the setup's token space, so this compiles (and runs) the real step."""
     from videogen.models.audio_tokenizer import SoundStreamTokenizer
-    from videogen.trainers import videopoet
     from videogen.trainers.videopoet_data import VideoPoetSetup
 
     audio_config = referenced_config(config.audio_tokenizer_command, "audio_tokenizer_command")
-    # The thesis' data has captions and soundtracks; the plan assumes both.
-    setup = VideoPoetSetup.from_modules(
+    return VideoPoetSetup.from_modules(
         config,
         ("text", "audio"),
         tokenizer_fn=lambda: _abstract_tokenizer(config),
@@ -230,6 +230,14 @@ def _videopoet_inputs(
         ),
         audio_samples_fn=lambda: config.data.num_frames * config.sample_rate // VIDEOPOET_FPS,
     )
+
+
+def _videopoet_inputs(
+    config: ml_collections.ConfigDict, mesh: Mesh, captions: int = DEFAULT_CAPTIONS
+) -> StepInputs:
+    from videogen.trainers import videopoet
+
+    setup = abstract_videopoet_setup(config)
     graphdef, state, shardings = _abstract_state(
         lambda: videopoet.create_train_state(config, setup), mesh, config.sharding
     )

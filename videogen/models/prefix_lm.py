@@ -42,6 +42,7 @@ from videogen.models.transformer import (
     KVCache,
     Rotary,
     TransformerStack,
+    dense,
     prefix_mask,
     rotary_angles,
 )
@@ -210,10 +211,9 @@ class PrefixLM(nnx.Module):
     def logits(self, hidden: Float[Array, "b s d"]) -> Float[Array, "b s v"]:
         """Next-token logits (float32) from the stack's output, tied to the embeddings."""
         dt = self.dtype
-        logits = jnp.einsum(
-            "bsd,vd->bsv",
+        logits = dense(
             hidden.astype(dt),
-            self.token_embedding[...].astype(dt),
+            self.token_embedding[...].astype(dt).T,
             preferred_element_type=jnp.float32,
         )
         return logits + self.logits_bias[...].astype(jnp.float32)

@@ -104,6 +104,23 @@ def output_metrics(
     return loss, metrics
 
 
+def training_sequences(
+    setup: VideoPoetSetup,
+    caption_embeddings: Float[Array, "c n d"],
+    caption_masks: Bool[Array, "c n"],
+    batch: dict[str, jax.Array],
+    keep_text: Bool[Array, " b"],
+) -> dict[str, jax.Array]:
+    """Every example's sequence (`assemble`) from its token-file row and task row, its caption
+    kept where `keep_text` (dropped elsewhere, for classifier-free guidance)."""
+    parts = setup.split_row(batch["tokens"][..., 0])
+    ids = example_ids(setup.templates, parts["video"], parts.get("audio"), parts.get("conditions"))
+    text_mask = caption_masks[parts["caption"]] & keep_text[:, None]
+    return assemble(
+        setup.templates, batch["task_row"], ids, caption_embeddings[parts["caption"]], text_mask
+    )
+
+
 def train_step(
     graphdef: nnx.GraphDef,
     setup: VideoPoetSetup,
@@ -117,13 +134,9 @@ def train_step(
     """One prefix-LM step on a global batch of token-file rows and their task rows."""
     train_state = nnx.merge(graphdef, state)
     step = train_state.optimizer.step[...]
-    parts = setup.split_row(batch["tokens"][..., 0])
     rows = batch["task_row"]
-    ids = example_ids(setup.templates, parts["video"], parts.get("audio"), parts.get("conditions"))
-    b = rows.shape[0]
-    keep = jax.random.uniform(train_state.rngs.condition_drop(), (b,)) >= drop_prob
-    text_mask = caption_masks[parts["caption"]] & keep[:, None]
-    seq = assemble(setup.templates, rows, ids, caption_embeddings[parts["caption"]], text_mask)
+    keep = jax.random.uniform(train_state.rngs.condition_drop(), rows.shape) >= drop_prob
+    seq = training_sequences(setup, caption_embeddings, caption_masks, batch, keep)
     model = train_state.model
 
     def loss_fn(model):
