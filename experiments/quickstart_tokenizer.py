@@ -84,6 +84,10 @@ def get_config(arg: str | None = None):
         c.batch_size = 16
         # A short stage without the GAN (its discriminator is not carried over anyway).
         c.loss.adversarial_start_step = args.steps
+        # Nor LPIPS: VGG16 is 2/3 of this stage's FLOPs (51 vs 17 GFLOP per step). 3000 steps
+        # without it cost less than 2000 with it, and the video stage (which has LPIPS) then
+        # reads as well on unseen real sources and better on digits (BUILD_NOTES.md, issue 14).
+        c.loss.perceptual_weight = 0.0
         c.eval.frechet.num_samples = 0  # FVD's I3D needs 9 frames or more
     c.lock()
     return c
