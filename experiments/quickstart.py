@@ -31,7 +31,7 @@ def _sibling(name: str):
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, image_steps=3000, tokenizer_steps=800, generator_steps=2000)
+    args = config_lib.parse_arg(arg, image_steps=300, tokenizer_steps=800, generator_steps=2000)
     tokenizer = _sibling("quickstart_tokenizer")
     image = tokenizer.get_config(f"image=true,steps={args.image_steps}")
     video = tokenizer.get_config(f"steps={args.tokenizer_steps}")
