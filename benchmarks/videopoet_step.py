@@ -35,6 +35,7 @@ from flax import nnx  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402
+from tokenizer_profile import best_seconds, flops_of  # noqa: E402  (sibling benchmarks)
 
 from videogen import config as config_lib  # noqa: E402
 from videogen import memory_plan, sharding  # noqa: E402
@@ -46,20 +47,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CAPTIONS = 64
 
 
-def best_seconds(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def gflops(fn, args) -> float:
-    cost = fn.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return cost.get("flops", 0.0) / 1e9
+    return flops_of(fn, args) / 1e9
 
 
 def load(path: str, overrides: list[str]):
