@@ -1,6 +1,6 @@
 """Where the VideoPoet prefix LM's train step spends its time on CPU.
 
-    .venv/bin/python benchmarks/videopoet_step.py [--config=experiments/quickstart_videopoet.py] \
+    .venv/bin/python benchmarks/videopoet_step.py [--config=quickstart_videopoet[:arg]] \
         [--repeats=5] [--override key=value ...]
 
 Builds the config's real train step (`videopoet.jit_train_step`) over the setup's token
@@ -22,6 +22,7 @@ rows of one run: on a shared machine the absolute times move with the load.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import time
@@ -36,14 +37,13 @@ from flax import nnx  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402
 from tokenizer_profile import best_seconds, flops_of  # noqa: E402  (sibling benchmarks)
+from tokenizer_throughput import load_config  # noqa: E402
 
-from videogen import config as config_lib  # noqa: E402
 from videogen import memory_plan, sharding  # noqa: E402
 from videogen.models import transformer  # noqa: E402
 from videogen.models.prefix_lm import next_token_nll  # noqa: E402
 from videogen.trainers import videopoet  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CAPTIONS = 64
 
 
@@ -51,20 +51,19 @@ def gflops(fn, args) -> float:
     return flops_of(fn, args) / 1e9
 
 
-def load(path: str, overrides: list[str]):
-    config = config_lib.load_experiment(path.split(":")[0]).get_config(
-        path.split(":", 1)[1] if ":" in path else None
-    )
-    config.unlock()
+def load(spec: str, overrides: list[str]):
+    """The config of ``experiments/<name>.py[:arg]`` with ``key=value`` overrides applied
+    (values read as Python literals, else strings; an unknown key is an error)."""
+    values = {}
     for item in overrides:
-        key, value = item.split("=", 1)
-        target = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            target = target[name]
-        target[leaf] = type(target[leaf])(value)
-    config.lock()
-    return config
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--override {item!r} is not key=value; e.g. model.num_heads=2.")
+        try:
+            values[key.replace(".", "__")] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[key.replace(".", "__")] = text
+    return memory_plan.override(load_config(spec), **values)
 
 
 def inputs(config, setup, seed: int = 0):
@@ -199,7 +198,7 @@ def dense_forms(config, length: int, vocab: int, repeats: int) -> list[tuple[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--config", default=os.path.join(ROOT, "experiments", "quickstart_videopoet.py")
+        "--config", default="quickstart_videopoet", help="experiments/<name>.py[:arg]"
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
@@ -213,7 +212,7 @@ def main() -> None:
     peak_after = measure_matmul_gflops()["peak_gflops"]
     peak = max(peak_before, peak_after)
     print(
-        f"{os.path.basename(args.config)}: batch {config.batch_size}, "
+        f"{args.config}: batch {config.batch_size}, "
         f"{videopoet.model_sizes(config.model)}; float32 matmul peak "
         f"{peak_before:.0f} / {peak_after:.0f} GFLOP/s (before / after)"
     )
