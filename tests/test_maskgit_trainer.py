@@ -228,6 +228,14 @@ def test_copy_last_frame_is_frame_prediction_padding():
     np.testing.assert_array_equal(np.asarray(padded).astype(np.uint8), baseline)
 
 
+def test_with_given_frames_keeps_the_given_frames_and_the_sampled_rest():
+    rng = np.random.default_rng(1)
+    video, samples = rng.integers(0, 256, (2, 2, 9, 4, 4, 3), dtype=np.uint8)
+    shown = maskgit_generation.with_given_frames(samples, video, 5)
+    np.testing.assert_array_equal(shown[:, :5], video[:, :5])
+    np.testing.assert_array_equal(shown[:, 5:], samples[:, 5:])
+
+
 def test_class_prompt_errors_and_empty_groups():
     setup = commit_tokens.CommitSetup(
         tasks=commit.make_tasks(["FP", "CG"]),

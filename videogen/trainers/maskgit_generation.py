@@ -120,6 +120,17 @@ def copy_last_frame(
     return np.concatenate([video[:, :first_frames], np.repeat(last, t - first_frames, 1)], 1)
 
 
+def with_given_frames(
+    samples: UInt8[np.ndarray, "b T H W c"],
+    video: UInt8[np.ndarray, "b T H W c"],
+    first_frames: int,
+) -> UInt8[np.ndarray, "b T H W c"]:
+    """A continuation as its user sees it: the ``first_frames`` frames they gave (``video``'s),
+    then the sampled ones. Scored next to `copy_last_frame`, the two differ only in the
+    continuation; the decoded samples also carry the tokenizer's error on the given frames."""
+    return np.concatenate([video[:, :first_frames], samples[:, first_frames:]], 1)
+
+
 def _local(x: jax.Array, mesh) -> np.ndarray:
     """This process's rows of a batch-sharded global array."""
     if jax.process_count() == 1:

@@ -9,7 +9,9 @@ the frozen tokenizers and scores them:
   I2V, FP, A2V, painting, AVCont); for T2V also the motion direction named in the
   caption, read from the digit's centre of mass (`direction_correct`), next to the
   same measure on the real clips (its ceiling: bounces can precede the first move);
-- I2V / FP: FVD of the clips next to the copy-last-frame baseline (`eval.frechet`);
+- I2V / FP: FVD of the clips next to the copy-last-frame baseline (`eval.frechet`), and of
+  the clips with the real given frames in place of their decoded ones (`with_given_frames`:
+  the baseline keeps real given frames, so only this FVD compares the continuations alone);
 - audio outputs (AVCont, V2A): the fraction whose pitch names the clip's digit
   (`audio_tokenizer.digit_of_pitch`, on the generated samples only).
 
@@ -34,7 +36,7 @@ from videogen.sampling.autoregressive import sample
 from videogen.tasks.videopoet_layout import TASK_SPECS, TaskInputs, drop_text
 from videogen.trainers import loop
 from videogen.trainers.audio_tokenizer import digit_of_pitch
-from videogen.trainers.maskgit_generation import copy_last_frame
+from videogen.trainers.maskgit_generation import copy_last_frame, with_given_frames
 from videogen.trainers.videopoet_data import VideoPoetSetup, text_encoder
 
 # Tasks whose clips get an FVD; those continuing a given clip also its copy-last-frame one.
@@ -275,8 +277,9 @@ class VideoPoetEvaluator:
         return loop.EvalOutput(results, grids, audio)
 
     def _frechet(self, generated, real_videos) -> dict[str, float]:
-        """FVD of `FVD_TASKS`' clips; for continuations also of the copy-last-frame baseline
-        of their condition."""
+        """FVD of `FVD_TASKS`' clips as decoded; for continuations also with the real given
+        frames in place of their decoded ones (``given_frames_fvd``) and of the copy-last-frame
+        baseline, which keeps the real given frames too."""
         config, protocol = self.config, self.config.eval.frechet
         real_source = sources.make_source(
             config,
@@ -304,6 +307,9 @@ class VideoPoetEvaluator:
             frames = protocol.num_frames
             streams = {"": [c[:, :frames] for c in clips]}
             if task in CONTINUATIONS:
+                streams["given_frames_"] = [
+                    with_given_frames(c, v, first)[:, :frames] for c, v in zip(clips, real_videos)
+                ]
                 streams["copy_last_frame_"] = [
                     copy_last_frame(v, first)[:, :frames] for v in real_videos
                 ]
