@@ -87,17 +87,31 @@ def conv3d_single(
     )
 
 
+def conv2d_nhwc(
+    x: Float[Array, "n h w ci"],
+    kernel: Float[Array, "kh kw ci co"],
+    strides: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+) -> Float[Array, "n h2 w2 co"]:
+    """Zero-padded 2D convolution of channels-last frames (XLA's)."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
 def conv3d_by_temporal_taps(
     x: Float[Array, "b t h w ci"],
     kernel: Float[Array, "kt kh kw ci co"],
     strides: tuple[int, int, int],
     padding: tuple[tuple[int, int], ...],
+    conv2d: Callable = conv2d_nhwc,
 ) -> Float[Array, "b t2 h2 w2 co"]:
     """The same convolution as a sum over temporal taps of 2D convolutions on all frames.
 
     XLA:CPU runs 2D convolutions through a much faster kernel than 3D ones
     (3x3x3, 64->64 channels, 17x64x64 frames, 2 cores: 114 ms vs 334 ms forward,
-    327 ms vs 615 ms forward + backward), so CPU runs use this form.
+    327 ms vs 615 ms forward + backward), so CPU runs use this form. ``conv2d`` computes
+    each tap (`conv2d_nhwc`'s signature); benchmarks/conv_onednn.py swaps in oneDNN's.
     """
     (pt0, pt1), pad_h, pad_w = padding
     st, sh, sw = strides
@@ -108,9 +122,7 @@ def conv3d_by_temporal_taps(
     out = None
     for dt in range(kt):
         frames = x[:, dt : dt + st * (t_out - 1) + 1 : st].reshape(b * t_out, h, w, c)
-        y = jax.lax.conv_general_dilated(
-            frames, kernel[dt], (sh, sw), (pad_h, pad_w), dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        y = conv2d(frames, kernel[dt], (sh, sw), (pad_h, pad_w))
         out = y if out is None else out + y
     return out.reshape(b, t_out, *out.shape[1:])
 
