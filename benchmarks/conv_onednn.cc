@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -80,12 +81,30 @@ const std::pair<typename Primitive::primitive_desc, Primitive>& Cached(const Sha
   return it->second;
 }
 
+// A backward primitive of the convolution `s` (its forward's description is oneDNN's hint).
+template <typename Primitive>
+const std::pair<typename Primitive::primitive_desc, Primitive>& Backward(const Shape& s) {
+  return Cached<Primitive>(s, [&] {
+    return typename Primitive::primitive_desc(Engine(), dnnl::algorithm::convolution_direct,
+                                              s.src(), s.any(), s.dst(), s.strides(), s.lo(),
+                                              s.hi(), Forward(s), User());
+  });
+}
+
 // `user` (HWIO) in the layout `wanted`, reordered if they differ.
 memory InLayout(memory user, const memory::desc& wanted) {
   if (wanted == user.get_desc()) return user;
   memory out(wanted, Engine());
   dnnl::reorder(user, out).execute(Stream(), user, out);
   return out;
+}
+
+// Runs `primitive` on `args` with a scratchpad of its own and waits for it.
+template <typename Primitive, typename Desc>
+void Run(const Primitive& primitive, const Desc& pd, std::unordered_map<int, memory> args) {
+  args.insert({DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), Engine())});
+  primitive.execute(Stream(), args);
+  Stream().wait();
 }
 
 ffi::Error ForwardImpl(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw,
@@ -96,10 +115,7 @@ ffi::Error ForwardImpl(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, int64_t sh, 
   memory src(s.src(), Engine(), x.typed_data());
   memory dst(s.dst(), Engine(), y->typed_data());
   memory weights = InLayout(memory(s.hwio(), Engine(), k.typed_data()), pd.weights_desc());
-  primitive.execute(
-      Stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst},
-                 {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), Engine())}});
-  Stream().wait();
+  Run(primitive, pd, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
   return ffi::Error::Success();
 }
 
@@ -107,19 +123,12 @@ ffi::Error ForwardImpl(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, int64_t sh, 
 ffi::Error InputGradImpl(F32 dy, F32 k, F32 x, ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
                          int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
   Shape s = MakeShape(x, k, sh, sw, ph0, ph1, pw0, pw1);
-  const auto& [pd, primitive] = Cached<dnnl::convolution_backward_data>(s, [&] {
-    return dnnl::convolution_backward_data::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, s.src(), s.any(), s.dst(), s.strides(),
-        s.lo(), s.hi(), Forward(s), User());
-  });
+  const auto& [pd, primitive] = Backward<dnnl::convolution_backward_data>(s);
   memory diff_dst(s.dst(), Engine(), dy.typed_data());
   memory diff_src(s.src(), Engine(), dx->typed_data());
   memory weights = InLayout(memory(s.hwio(), Engine(), k.typed_data()), pd.weights_desc());
-  primitive.execute(
-      Stream(),
-      {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, diff_src},
-       {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), Engine())}});
-  Stream().wait();
+  Run(primitive, pd,
+      {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, diff_src}});
   return ffi::Error::Success();
 }
 
@@ -127,21 +136,18 @@ ffi::Error InputGradImpl(F32 dy, F32 k, F32 x, ffi::ResultBuffer<ffi::F32> dx, i
 ffi::Error KernelGradImpl(F32 x, F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dk, int64_t sh,
                           int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
   Shape s = MakeShape(x, k, sh, sw, ph0, ph1, pw0, pw1);
-  const auto& [pd, primitive] = Cached<dnnl::convolution_backward_weights>(s, [&] {
-    return dnnl::convolution_backward_weights::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, s.src(), s.any(), s.dst(), s.strides(),
-        s.lo(), s.hi(), Forward(s), User());
-  });
+  const auto& [pd, primitive] = Backward<dnnl::convolution_backward_weights>(s);
   memory src(s.src(), Engine(), x.typed_data());
   memory diff_dst(s.dst(), Engine(), dy.typed_data());
   memory user(s.hwio(), Engine(), dk->typed_data());
-  memory diff_weights = pd.diff_weights_desc() == s.hwio() ? user : memory(pd.diff_weights_desc(), Engine());
-  primitive.execute(
-      Stream(),
-      {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
-       {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), Engine())}});
-  if (diff_weights != user) dnnl::reorder(diff_weights, user).execute(Stream(), diff_weights, user);
-  Stream().wait();
+  memory diff_weights =
+      pd.diff_weights_desc() == s.hwio() ? user : memory(pd.diff_weights_desc(), Engine());
+  Run(primitive, pd,
+      {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_weights}});
+  if (diff_weights != user) {
+    dnnl::reorder(diff_weights, user).execute(Stream(), diff_weights, user);
+    Stream().wait();
+  }
   return ffi::Error::Success();
 }
 
