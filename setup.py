@@ -32,6 +32,11 @@ INSTALL_REQUIRES = [
     # Text encoders: MiniLM's weights (numpy reader) and its WordPiece / T5's tokenizer files.
     "safetensors==0.8.0",
     "tokenizers==0.23.3",
+    # oneDNN's convolution for CPU runs (videogen/kernels/onednn_conv.py, built by setup.sh):
+    # the library and its headers; the GOMP build needs only libgomp. Linux x86-64 wheels;
+    # elsewhere convolutions stay XLA's.
+    'onednn-cpu-gomp==2023.2.0; platform_system == "Linux" and platform_machine == "x86_64"',
+    'onednn-devel-cpu-gomp==2023.2.0; platform_system == "Linux" and platform_machine == "x86_64"',
 ]
 
 setup(
@@ -39,6 +44,7 @@ setup(
     version="0.1.0",
     description="MAGVIT / MAGVIT-v2 / VideoPoet video generation in JAX and Flax NNX",
     packages=find_packages(include=["videogen", "videogen.*"]),
+    package_data={"videogen.kernels": ["*.cc"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     # IPython: tests/test_notebooks.py runs the notebooks' cells outside a kernel (Jupyter and

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from flax import nnx
 import numpy as np
 
+from videogen import mfu
 from videogen.models.prefix_lm import PrefixLM
 from videogen.sampling.autoregressive import sample, sample_token
 from videogen.sampling.non_autoregressive import commit_decode
@@ -72,10 +73,8 @@ SAMPLING = dict(temperature=1.0, top_k=0, top_p=1.0)
 
 
 def flops_of(jitted, *args) -> float:
-    """XLA's FLOP count of ``jitted`` compiled for ``args`` (arrays or shape structs)."""
-    cost = jitted.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
+    """FLOPs of ``jitted`` compiled for ``args`` (arrays or shape structs), `mfu.program_cost`'s."""
+    return mfu.program_cost(jitted.lower(*args).compile()).flops_per_device
 
 
 def best_of(fn, repeats: int) -> tuple[float, object]:

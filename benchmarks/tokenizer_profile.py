@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402
 from tokenizer_vs_peer import our_config  # noqa: E402
 
-from videogen import optim  # noqa: E402
+from videogen import mfu, optim  # noqa: E402
 from videogen.models import layers  # noqa: E402
 from videogen.trainers import tokenizer as trainer  # noqa: E402
 
@@ -109,9 +109,7 @@ def best_seconds(fn, args, repeats: int) -> float:
 
 
 def flops_of(fn, args) -> float:
-    cost = fn.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
+    return mfu.program_cost(fn.lower(*args).compile()).flops_per_device
 
 
 def time_module(module: nnx.Module, shapes: tuple, repeats: int) -> dict:
@@ -148,11 +146,9 @@ def time_train_step(config, repeats: int) -> dict[str, float]:
     args = (state, None, {"video": video})
     step = functools.partial(trainer.train_step, graphdef, None, config, schedule, False)
     compiled = jax.jit(step).lower(*args).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return {
         "seconds": best_seconds(compiled, args, repeats),
-        "flops": float(cost.get("flops", float("nan"))),
+        "flops": mfu.program_cost(compiled).flops_per_device,
     }
 
 

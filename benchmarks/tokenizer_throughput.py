@@ -26,7 +26,7 @@ from flax import nnx
 import numpy as np
 
 from videogen import config as config_lib
-from videogen import optim
+from videogen import mfu, optim
 from videogen.evaluation import lpips
 from videogen.trainers import frozen_tokenizer
 from videogen.trainers import tokenizer as trainer
@@ -55,9 +55,7 @@ def best_seconds(fn, repeats: int) -> float:
 
 
 def flops_of(jitted, *args) -> float:
-    cost = jitted.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
+    return mfu.program_cost(jitted.lower(*args).compile()).flops_per_device
 
 
 def measure(spec: str, repeats: int) -> dict:

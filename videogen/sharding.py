@@ -207,6 +207,16 @@ def activation_sharding(mesh: Mesh, preset: str) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
+def partitioned() -> bool:
+    """Whether the step being traced runs on more than one device (`activation_sharding`).
+
+    Custom calls (`videogen.kernels`) cannot be split by XLA's SPMD partitioner, so model
+    code takes XLA's own ops while this holds.
+    """
+    active = _ACTIVE.get()
+    return active is not None and active[0].size > 1
+
+
 def constrain(x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
     """`x` with its sharding pinned to the logical axes `logical` (one name or None per
     dimension, names from ACTIVATION_AXES) under the active `activation_sharding`.

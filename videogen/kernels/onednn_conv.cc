@@ -1,7 +1,8 @@
 // oneDNN's 2-D convolution (NHWC activations, HWIO kernels, float32) as three XLA FFI
-// handlers: forward, gradient of the input, gradient of the kernel. Built and timed by
-// benchmarks/conv_onednn.py against XLA:CPU's own convolution (issue 19); not part of the
-// videogen package.
+// handlers: forward, gradient of the input, gradient of the kernel. Compiled and loaded by
+// videogen/kernels/onednn_conv.py; XLA:CPU's own convolution runs its backward pass at a
+// quarter of the matmul peak on the tokenizer's widest maps, oneDNN's at 0.7 (BUILD_NOTES.md,
+// issue 19).
 #include <array>
 #include <cstdint>
 #include <map>
@@ -54,11 +55,26 @@ struct Shape {
   memory::dims hi() const { return {ph1, pw1}; }
 };
 
+// The convolution's shape from its input and kernel (forward), from the output gradient and
+// kernel plus the input's height and width (input gradient), or from the input and output
+// gradient plus the kernel's height and width (kernel gradient).
 Shape MakeShape(const F32& x, const F32& k, int64_t sh, int64_t sw, int64_t ph0, int64_t ph1,
                 int64_t pw0, int64_t pw1) {
   auto xd = x.dimensions();
   auto kd = k.dimensions();
   return {xd[0], xd[1], xd[2], xd[3], kd[3], kd[0], kd[1], sh, sw, ph0, ph1, pw0, pw1};
+}
+
+Shape InputGradShape(const F32& dy, const F32& k, int64_t h, int64_t w, int64_t sh, int64_t sw,
+                     int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
+  auto kd = k.dimensions();
+  return {dy.dimensions()[0], h, w, kd[2], kd[3], kd[0], kd[1], sh, sw, ph0, ph1, pw0, pw1};
+}
+
+Shape KernelGradShape(const F32& x, const F32& dy, int64_t kh, int64_t kw, int64_t sh,
+                      int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
+  auto xd = x.dimensions();
+  return {xd[0], xd[1], xd[2], xd[3], dy.dimensions()[3], kh, kw, sh, sw, ph0, ph1, pw0, pw1};
 }
 
 dnnl::convolution_forward::primitive_desc Forward(const Shape& s) {
@@ -119,10 +135,11 @@ ffi::Error ForwardImpl(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, int64_t sh, 
   return ffi::Error::Success();
 }
 
-// dx from dy and the kernel; `x` gives the input's shape only.
-ffi::Error InputGradImpl(F32 dy, F32 k, F32 x, ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
-                         int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
-  Shape s = MakeShape(x, k, sh, sw, ph0, ph1, pw0, pw1);
+// dx from dy and the kernel; `h` and `w` are the input's (strides map several sizes to one).
+ffi::Error InputGradImpl(F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dx, int64_t h, int64_t w,
+                         int64_t sh, int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0,
+                         int64_t pw1) {
+  Shape s = InputGradShape(dy, k, h, w, sh, sw, ph0, ph1, pw0, pw1);
   const auto& [pd, primitive] = Backward<dnnl::convolution_backward_data>(s);
   memory diff_dst(s.dst(), Engine(), dy.typed_data());
   memory diff_src(s.src(), Engine(), dx->typed_data());
@@ -132,10 +149,11 @@ ffi::Error InputGradImpl(F32 dy, F32 k, F32 x, ffi::ResultBuffer<ffi::F32> dx, i
   return ffi::Error::Success();
 }
 
-// dk from x and dy; `k` gives the kernel's shape only.
-ffi::Error KernelGradImpl(F32 x, F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dk, int64_t sh,
-                          int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
-  Shape s = MakeShape(x, k, sh, sw, ph0, ph1, pw0, pw1);
+// dk from x and dy; `kh` and `kw` are the kernel's window.
+ffi::Error KernelGradImpl(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, int64_t kh, int64_t kw,
+                          int64_t sh, int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0,
+                          int64_t pw1) {
+  Shape s = KernelGradShape(x, dy, kh, kw, sh, sw, ph0, ph1, pw0, pw1);
   const auto& [pd, primitive] = Backward<dnnl::convolution_backward_weights>(s);
   memory src(s.src(), Engine(), x.typed_data());
   memory diff_dst(s.dst(), Engine(), dy.typed_data());
@@ -160,8 +178,8 @@ ffi::Error KernelGradImpl(F32 x, F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dk, 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, ForwardImpl,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>() CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGrad, InputGradImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>()
-                                  CONV_ATTRS);
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()
+                                  .Attr<int64_t>("h").Attr<int64_t>("w") CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvKernelGrad, KernelGradImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>()
-                                  CONV_ATTRS);
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()
+                                  .Attr<int64_t>("kh").Attr<int64_t>("kw") CONV_ATTRS);

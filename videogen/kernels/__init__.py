@@ -1,0 +1,1 @@
+"""Native kernels that XLA calls on CPU where its own are slow (built by `setup.sh`)."""

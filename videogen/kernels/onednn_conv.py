@@ -1,0 +1,279 @@
+"""oneDNN's 2D convolution inside XLA on CPU: built once, loaded, differentiable to any order.
+
+XLA:CPU computes the tokenizer's convolutions at a quarter of this machine's float32 matmul
+peak on its widest maps, and their kernel gradients at half the rate of their forward pass;
+oneDNN's direct convolution (what PyTorch runs on CPU) reaches 0.7 of the peak forward and
+backward (BUILD_NOTES.md, issue 19). `onednn_conv.cc` wraps oneDNN's forward, input-gradient
+and kernel-gradient primitives as XLA FFI handlers; this module compiles it with g++ against
+jaxlib's FFI headers and the oneDNN that `setup.sh` installs from PyPI (`onednn-cpu-gomp`,
+`onednn-devel-cpu-gomp`), registers the handlers, and defines `conv2d` with gradients built
+from the same three calls, so second derivatives (the R1 penalty) stay on oneDNN too.
+
+`layers.conv2d_nhwc` decides when to use it. When the library cannot be built or loaded
+(no g++, no oneDNN, another platform) `available()` is False, the reason is logged once, and
+every convolution stays XLA's. `VIDEOGEN_ONEDNN=0` turns it off.
+
+    python -m videogen.kernels.onednn_conv    # build (setup.sh runs this) and say where
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import math
+import os
+from pathlib import Path
+import shutil
+import re
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+import numpy as np
+
+SOURCE = Path(__file__).with_name("onednn_conv.cc")
+FORWARD, INPUT_GRAD, KERNEL_GRAD = "OnednnConvForward", "OnednnConvInputGrad", "OnednnConvKernelGrad"
+DISABLE_VARIABLE = "VIDEOGEN_ONEDNN"
+CACHE_VARIABLE = "VIDEOGEN_KERNEL_CACHE"
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+class KernelUnavailable(RuntimeError):
+    """The oneDNN library cannot be built or loaded here; the message says why and what to do."""
+
+
+def onednn_prefix() -> Path:
+    """Where pip put oneDNN's headers and library: the wheels install `include/` and `lib/`
+    under the environment's data directory (the venv itself)."""
+    return Path(sysconfig.get_paths()["data"])
+
+
+def library_path() -> Path:
+    """The built library: one per source text, jax version and oneDNN location, in
+    `$VIDEOGEN_KERNEL_CACHE` (default ~/.cache/videogen/kernels)."""
+    cache = os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "videogen" / "kernels"
+    digest = hashlib.sha256()
+    digest.update(SOURCE.read_bytes())
+    digest.update(f"{jax.__version__} {onednn_prefix()}".encode())
+    return Path(cache) / f"onednn_conv-{digest.hexdigest()[:16]}.so"
+
+
+def build() -> Path:
+    """Compiles `onednn_conv.cc` unless this exact build exists; returns the library's path."""
+    path = library_path()
+    if path.exists():
+        return path
+    prefix = onednn_prefix()
+    header = prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp"
+    if not header.exists():
+        raise KernelUnavailable(
+            f"oneDNN's headers are not installed ({header} is missing); run ./setup.sh, or "
+            "`pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0` "
+            "(Linux x86-64 wheels)."
+        )
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        raise KernelUnavailable(
+            "no C++ compiler (g++, or $CXX) on PATH to build the oneDNN convolution; install "
+            "one (e.g. `apt install g++`) and run ./setup.sh again."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lib = prefix / "lib"
+    # Compiled beside its final name and renamed into place: parallel test workers that
+    # build at the same time each write their own file, and readers never see half of one.
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".so", delete=False) as tmp:
+        partial = Path(tmp.name)
+    command = [
+        compiler, "-O2", "-std=c++17", "-shared", "-fPIC", str(SOURCE), "-o", str(partial),
+        f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
+        f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise KernelUnavailable(
+            f"building {SOURCE.name} failed ({' '.join(command)}):\n{result.stderr[-2000:]}"
+        )
+    os.replace(partial, path)
+    return path
+
+
+@functools.cache
+def load() -> str | None:
+    """Builds if needed, loads and registers the handlers once. None when they are ready,
+    else the reason they are not (logged once)."""
+    if os.environ.get(DISABLE_VARIABLE, "1") == "0":
+        return f"turned off by {DISABLE_VARIABLE}=0"
+    try:
+        library = ctypes.cdll.LoadLibrary(str(build()))
+    except (KernelUnavailable, OSError) as error:
+        logging.warning(
+            "oneDNN convolution unavailable, using XLA's (about 2x slower tokenizer steps on "
+            "CPU): %s",
+            error,
+        )
+        return str(error)
+    for name in (FORWARD, INPUT_GRAD, KERNEL_GRAD):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), "cpu")
+    return None
+
+
+def available() -> bool:
+    """Whether `conv2d` can run here (builds and loads the library on first call)."""
+    return load() is None
+
+
+def _output_size(size: int, window: int, stride: int, pad: tuple[int, int]) -> int:
+    return (size + pad[0] + pad[1] - window) // stride + 1
+
+
+def _call(target: str, shape: tuple[int, ...], *args, strides, padding, **sizes) -> jax.Array:
+    reason = load()
+    if reason is not None:
+        raise KernelUnavailable(f"oneDNN's convolution was called but cannot run: {reason}")
+    (ph0, ph1), (pw0, pw1) = padding
+    attrs = dict(sizes, sh=strides[0], sw=strides[1], ph0=ph0, ph1=ph1, pw0=pw0, pw1=pw1)
+    # A batch of convolutions under vmap runs one after another: correct, if not fast.
+    call = jax.ffi.ffi_call(
+        target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential"
+    )
+    return call(*args, **{key: np.int64(value) for key, value in attrs.items()})
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(
+    x: Float[Array, "n h w ci"],
+    kernel: Float[Array, "kh kw ci co"],
+    strides: tuple[int, int],
+    padding: Padding,
+) -> Float[Array, "n h2 w2 co"]:
+    """`layers.conv2d_nhwc` (zero padding, float32) computed by oneDNN."""
+    n, h, w, _ = x.shape
+    kh, kw, _, co = kernel.shape
+    shape = (
+        n,
+        _output_size(h, kh, strides[0], padding[0]),
+        _output_size(w, kw, strides[1], padding[1]),
+        co,
+    )
+    return _call(FORWARD, shape, x, kernel, strides=strides, padding=padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def input_grad(
+    dy: Float[Array, "n h2 w2 co"],
+    kernel: Float[Array, "kh kw ci co"],
+    size: tuple[int, int],
+    strides: tuple[int, int],
+    padding: Padding,
+) -> Float[Array, "n h w ci"]:
+    """The gradient of `conv2d` with respect to its input of height and width `size`."""
+    shape = (dy.shape[0], *size, kernel.shape[2])
+    return _call(INPUT_GRAD, shape, dy, kernel, strides=strides, padding=padding, h=size[0], w=size[1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def kernel_grad(
+    x: Float[Array, "n h w ci"],
+    dy: Float[Array, "n h2 w2 co"],
+    window: tuple[int, int],
+    strides: tuple[int, int],
+    padding: Padding,
+) -> Float[Array, "kh kw ci co"]:
+    """The gradient of `conv2d` with respect to its kernel of height and width `window`."""
+    shape = (*window, x.shape[3], dy.shape[3])
+    return _call(
+        KERNEL_GRAD, shape, x, dy, strides=strides, padding=padding, kh=window[0], kw=window[1]
+    )
+
+
+# All three are bilinear, and each one's gradients are the other two: for y = conv(x, k),
+# <dy, conv(x, k)> = <input_grad(dy, k), x> = <kernel_grad(x, dy), k>.
+def _conv2d_forward(x, kernel, strides, padding):
+    return conv2d(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv2d_backward(strides, padding, residuals, dy):
+    x, kernel = residuals
+    return (
+        input_grad(dy, kernel, x.shape[1:3], strides, padding),
+        kernel_grad(x, dy, kernel.shape[:2], strides, padding),
+    )
+
+
+def _input_grad_forward(dy, kernel, size, strides, padding):
+    return input_grad(dy, kernel, size, strides, padding), (dy, kernel)
+
+
+def _input_grad_backward(size, strides, padding, residuals, g):
+    dy, kernel = residuals
+    return (
+        conv2d(g, kernel, strides, padding),
+        kernel_grad(g, dy, kernel.shape[:2], strides, padding),
+    )
+
+
+def _kernel_grad_forward(x, dy, window, strides, padding):
+    return kernel_grad(x, dy, window, strides, padding), (x, dy)
+
+
+def _kernel_grad_backward(window, strides, padding, residuals, g):
+    x, dy = residuals
+    return (
+        input_grad(dy, g, x.shape[1:3], strides, padding),
+        conv2d(x, g, strides, padding),
+    )
+
+
+conv2d.defvjp(_conv2d_forward, _conv2d_backward)
+input_grad.defvjp(_input_grad_forward, _input_grad_backward)
+kernel_grad.defvjp(_kernel_grad_forward, _kernel_grad_backward)
+
+
+# One custom call in a compiled program's text: its result's shape, its target, and its
+# operands' shapes (XLA prints those in the layout constraints).
+_HLO_CALL = re.compile(
+    r"= f32\[([\d,]*)\]\S* custom-call\(.*?custom_call_target=\"(Onednn\w+)\", "
+    r"operand_layout_constraints=\{f32\[([\d,]*)\]\S*, f32\[([\d,]*)\]"
+)
+
+
+def hlo_flops(hlo_text: str) -> float:
+    """FLOPs of the oneDNN convolutions in a compiled program, which XLA's cost analysis
+    cannot see into (it counts each custom call as -1 FLOP; this adds that back): 2 x
+    (output-shaped elements) x kh x kw x ci per call, the padding's products included."""
+
+    def dims(text: str) -> list[int]:
+        return [int(d) for d in text.split(",") if d]
+
+    total = 0.0
+    for result, target, first, second in _HLO_CALL.findall(hlo_text):
+        result, first, second = dims(result), dims(first), dims(second)
+        # (the output-shaped array, the kernel-shaped one) of each call.
+        y, kernel = {
+            FORWARD: (result, second),
+            INPUT_GRAD: (first, second),
+            KERNEL_GRAD: (second, result),
+        }[target]
+        total += 2.0 * math.prod(y) * math.prod(kernel[:3]) + 1.0
+    return total
+
+
+def main() -> None:
+    reason = load()
+    if reason is not None:
+        print(f"oneDNN convolution not built: {reason}", file=sys.stderr)
+        print("videogen runs with XLA's convolution (slower on CPU); nothing else changes.")
+        return
+    print(f"oneDNN convolution ready: {library_path()}")
+
+
+if __name__ == "__main__":
+    main()
