@@ -1,10 +1,11 @@
 """Where the tokenizer's train step spends its time on CPU, op class by op class.
 
-    .venv/bin/python benchmarks/tokenizer_profile.py [--widths=quickstart,thesis] \
+    .venv/bin/python benchmarks/tokenizer_profile.py [--widths=quickstart,base32,thesis] \
         [--clips=17x64x64,17x128x128] [--batch=2] [--repeats=2]
 
 For each channel width (``quickstart``: the widened quickstart of
-benchmarks/tokenizer_vs_peer.py, base 64, multipliers 1,2,4,4, 1 residual block;
+benchmarks/tokenizer_vs_peer.py, base 64, multipliers 1,2,4,4, 1 residual block; ``base32``:
+its ``base32`` variant, base 32, multipliers 1,2,4,8;
 ``thesis``: magvit2_k600, base 128, multipliers 1,2,2,4, 4 residual blocks) and
 clip, runs the model once abstractly to record every layer's input shape, then
 times each distinct layer on its own, jitted, forward and forward + backward
@@ -50,7 +51,7 @@ WHOLE = (layers.DepthToSpaceUpsample, layers.AdaptiveGroupNorm)
 
 
 def config_for(width: str, clip: tuple[int, int, int], batch: int):
-    c = our_config(thesis=width == "thesis")
+    c = our_config(thesis=width == "thesis", widths="base32" if width == "base32" else "base64")
     c.batch_size, c.data.num_frames, c.data.resolution = batch, clip[0], clip[1]
     return c
 

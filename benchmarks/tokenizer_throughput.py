@@ -1,6 +1,7 @@
 """Tokenizer throughput: train steps/s, encode and decode clips/s, and achieved FLOP/s.
 
-    python benchmarks/tokenizer_throughput.py [--configs=quickstart_tokenizer,magvit2_k600:runlocal]
+    python benchmarks/tokenizer_throughput.py [--configs=quickstart_tokenizer,magvit2_k600:runlocal] \
+        [--convolutions=onednn,xla]
 
 For each experiment config, times (best of --repeats after a compiled warm-up)
   - the trainer's real jitted train step (forward, backward, Adam, EMA) on one batch,
@@ -8,7 +9,9 @@ For each experiment config, times (best of --repeats after a compiled warm-up)
 and divides the FLOPs that XLA's cost analysis counts for each program by its
 time. The ratio to the machine's float32 matmul peak, measured in the same run
 (benchmarks/matmul_peak.py), says how close the convolutions get to the
-hardware on this noisy, shared machine.
+hardware on this noisy, shared machine. ``--convolutions=onednn,xla`` measures each
+config twice, interleaved: with the CPU's 2D convolutions on oneDNN (the default,
+`videogen.kernels.onednn_conv`) and on XLA's own (as with VIDEOGEN_ONEDNN=0).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import os
 import sys
 import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +32,7 @@ import numpy as np
 from videogen import config as config_lib
 from videogen import mfu, optim
 from videogen.evaluation import lpips
+from videogen.kernels import onednn_conv
 from videogen.trainers import frozen_tokenizer
 from videogen.trainers import tokenizer as trainer
 
@@ -114,27 +119,38 @@ def main():
         help="experiments[:args], comma-separated; ':recipe=reconstruction' drops GAN + LPIPS",
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--convolutions", default="onednn", help="onednn, xla, or both")
     args = parser.parse_args()
     peak = measure_matmul_gflops()
     print(
         f"float32 matmul peak: {peak['peak_gflops']:.0f} GFLOP/s "
         f"(numpy {peak['numpy_gflops']:.0f}, jax {peak['jax_gflops']:.0f})"
     )
+    convolutions = args.convolutions.split(",")
+    for conv in convolutions:
+        if conv not in ("onednn", "xla"):
+            raise SystemExit(f"--convolutions: {conv!r} is neither onednn nor xla.")
+        if conv == "onednn" and not onednn_conv.available():
+            raise SystemExit(f"oneDNN's convolution is not available: {onednn_conv.load()}")
     rows = []
     for spec in args.configs.split(","):
-        row = measure(spec, args.repeats)
-        for kind in ("train", "encode", "decode"):
-            row[f"{kind}_fraction_of_peak"] = row[f"{kind}_gflops_per_s"] / peak["peak_gflops"]
-        rows.append(row)
-        print(json.dumps(row, indent=1))
+        for conv in convolutions:
+            # What `layers.conv2d_nhwc` asks at trace time; `measure` jits afresh.
+            with mock.patch.object(onednn_conv, "available", lambda conv=conv: conv == "onednn"):
+                row = measure(spec, args.repeats)
+            row["convolutions"] = conv
+            for kind in ("train", "encode", "decode"):
+                row[f"{kind}_fraction_of_peak"] = row[f"{kind}_gflops_per_s"] / peak["peak_gflops"]
+            rows.append(row)
+            print(json.dumps(row, indent=1))
     print(
-        "\n| config | clip | params | train steps/s | encode clips/s | decode clips/s | "
+        "\n| config | convolutions | clip | params | train steps/s | encode clips/s | decode clips/s | "
         "train / encode / decode GFLOP/s | fraction of matmul peak |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['config']} | {r['batch']}x{'x'.join(map(str, r['clip']))} | {r['params'] / 1e6:.1f}M | "
+            f"| {r['config']} | {r['convolutions']} | {r['batch']}x{'x'.join(map(str, r['clip']))} | {r['params'] / 1e6:.1f}M | "
             f"{r['train_steps_per_s']:.2f} | {r['encode_clips_per_s']:.1f} | {r['decode_clips_per_s']:.1f} | "
             f"{r['train_gflops_per_s']:.0f} / {r['encode_gflops_per_s']:.0f} / {r['decode_gflops_per_s']:.0f} | "
             f"{r['train_fraction_of_peak']:.2f} / {r['encode_fraction_of_peak']:.2f} / "
