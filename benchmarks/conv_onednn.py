@@ -7,8 +7,9 @@ per tap of the tokenizer's 3x3x3 causal convolutions (issue 19).
 The tokenizer's CPU convolution (`layers.conv3d_by_temporal_taps`: a sum over temporal taps
 of 2D convolutions) spent most of a train step in its backward pass, which XLA:CPU runs at
 about half the rate of its forward (BUILD_NOTES.md, issue 19). This script times the same
-per-tap 3D convolution with either 2D convolution inside (`layers.conv2d_xla`,
-`onednn_conv.conv2d`), forward and forward + backward, for each `--shapes` entry
+per-tap 3D convolution with either 2D convolution inside (`layers.conv2d_xla`; oneDNN's 2D
+`onednn_conv.conv`: ``onednn_taps``) and oneDNN's 3D convolution in one call (``onednn``,
+what `layers.CausalConv3d` runs on CPU), forward and forward + backward, for each `--shapes` entry
 (b x t x h x w x c_in x c_out, 3x3x3 kernel, causal padding), next to the float32 matmul
 peak measured in the same run, and checks that values and both gradients agree to float32
 tolerance. `./setup.sh` builds the library; FLOPs are counted by formula (XLA's cost
@@ -18,6 +19,7 @@ analysis does not see custom calls).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -44,20 +46,28 @@ def measure(shape: tuple[int, ...], repeats: int) -> dict:
     padding = ((2, 0), (1, 1), (1, 1))  # causal in time, 'same' in space
     flops = 2 * b * t * h * w * 27 * ci * co
     row, values = {}, {}
-    for name, conv2d in (("xla", layers.conv2d_xla), ("onednn", onednn_conv.conv2d)):
+    forms = {
+        "xla": functools.partial(layers.conv3d_by_temporal_taps, conv2d=layers.conv2d_xla),
+        "onednn_taps": functools.partial(
+            layers.conv3d_by_temporal_taps, conv2d=lambda *a: onednn_conv.conv(*a)
+        ),
+        "onednn": onednn_conv.conv,
+    }
+    for name, form in forms.items():
 
-        def conv(x, kernel, conv2d=conv2d):
-            return layers.conv3d_by_temporal_taps(x, kernel, (1, 1, 1), padding, conv2d)
+        def conv(x, kernel, form=form):
+            return form(x, kernel, (1, 1, 1), padding)
 
         forward = jax.jit(conv)
         backward = jax.jit(lambda x, kernel, dy, conv=conv: jax.vjp(conv, x, kernel)[1](dy))
         values[name] = (forward(x, kernel), *backward(x, kernel, dy))
         row[f"{name}_forward_s"] = best_seconds(forward, (x, kernel), repeats)
         row[f"{name}_backward_s"] = best_seconds(backward, (x, kernel, dy), repeats)
-    for label, ours, theirs in zip(("y", "dx", "dk"), values["onednn"], values["xla"]):
-        row[f"{label}_relative_error"] = float(
-            jnp.max(jnp.abs(ours - theirs)) / jnp.max(jnp.abs(theirs))
-        )
+    for name in ("onednn_taps", "onednn"):
+        for label, ours, theirs in zip(("y", "dx", "dk"), values[name], values["xla"]):
+            row[f"{name}_{label}_relative_error"] = float(
+                jnp.max(jnp.abs(ours - theirs)) / jnp.max(jnp.abs(theirs))
+            )
     row["gflop"] = flops / 1e9
     return row
 
@@ -83,17 +93,18 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for shape, row in rows.items():
-        total = {n: row[f"{n}_forward_s"] + row[f"{n}_backward_s"] for n in ("xla", "onednn")}
-        for name in ("xla", "onednn"):
+        names = ("xla", "onednn_taps", "onednn")
+        total = {n: row[f"{n}_forward_s"] + row[f"{n}_backward_s"] for n in names}
+        for name in names:
             rate = 3 * row["gflop"] / total[name]
             print(
                 f"| {shape} | {name} | {row[f'{name}_forward_s'] * 1e3:.0f} | "
                 f"{total[name] * 1e3:.0f} | {rate:.0f} | {rate / peak:.2f} | "
                 f"{total['xla'] / total[name]:.2f} |"
             )
-        errors = ", ".join(f"{k} {row[f'{k}_relative_error']:.1e}" for k in ("y", "dx", "dk"))
-        print(f"|  | max relative difference | {errors} | | | | |")
-
+        for name in names[1:]:
+            errors = ", ".join(f"{k} {row[f'{name}_{k}_relative_error']:.1e}" for k in ("y", "dx", "dk"))
+            print(f"|  | {name}: max relative difference | {errors} | | | | |")
 
 if __name__ == "__main__":
     main()

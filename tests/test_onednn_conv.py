@@ -50,26 +50,41 @@ def _values_and_derivatives(conv, x, kernel, strides, padding):
     return run(x, kernel)
 
 
-# (input n h w ci, kernel kh kw co, strides, padding): 'same' 3x3, a strided down-sampler
-# with TF-'SAME' uneven padding, 1x1, an odd map under stride 2, no padding.
+# (input shape, kernel window + (co,), strides, padding). 2D: 'same' 3x3, a strided
+# down-sampler with TF-'SAME' uneven padding, 1x1, an odd map under stride 2, no padding.
+# 3D: the tokenizer's causal 3x3x3 (2 frames before, none after), its strided down-sampler,
+# a non-causal one, 1x1x1.
 CASES = [
     ((2, 9, 11, 3), (3, 3, 5), (1, 1), ((1, 1), (1, 1))),
     ((2, 8, 8, 4), (4, 4, 6), (2, 2), ((1, 2), (1, 2))),
     ((3, 7, 6, 5), (1, 1, 4), (1, 1), ((0, 0), (0, 0))),
     ((2, 9, 10, 3), (3, 3, 4), (2, 2), ((0, 1), (1, 0))),
     ((1, 6, 5, 2), (3, 3, 3), (1, 2), ((0, 0), (0, 0))),
+    ((2, 5, 8, 7, 3), (3, 3, 3, 4), (1, 1, 1), ((2, 0), (1, 1), (1, 1))),
+    ((1, 5, 8, 8, 4), (3, 3, 3, 6), (2, 2, 2), ((2, 0), (0, 1), (0, 1))),
+    ((2, 4, 6, 5, 2), (3, 3, 3, 3), (1, 1, 1), ((1, 1), (1, 1), (1, 1))),
+    ((1, 3, 4, 4, 5), (1, 1, 1, 2), (1, 1, 1), ((0, 0), (0, 0), (0, 0))),
 ]
+
+
+def _xla(x, kernel, strides, padding):
+    conv = layers.conv2d_xla if x.ndim == 4 else layers.conv3d_single
+    return conv(x, kernel, strides, padding)
+
+
+def _operands(x_shape, kernel_shape):
+    keys = jax.random.split(jax.random.key(0), 2)
+    *window, co = kernel_shape
+    x = jax.random.normal(keys[0], x_shape)
+    return x, jax.random.normal(keys[1], (*window, x_shape[-1], co))
 
 
 @needs_library
 @pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", CASES)
 def test_values_and_derivatives_equal_xla(x_shape, kernel_shape, strides, padding):
-    keys = jax.random.split(jax.random.key(0), 2)
-    x = jax.random.normal(keys[0], x_shape)
-    kh, kw, co = kernel_shape
-    kernel = jax.random.normal(keys[1], (kh, kw, x_shape[3], co))
-    ours = _values_and_derivatives(onednn_conv.conv2d, x, kernel, strides, padding)
-    xla = _values_and_derivatives(layers.conv2d_xla, x, kernel, strides, padding)
+    x, kernel = _operands(x_shape, kernel_shape)
+    ours = _values_and_derivatives(onednn_conv.conv, x, kernel, strides, padding)
+    xla = _values_and_derivatives(_xla, x, kernel, strides, padding)
     for name, a, b in zip(("y", "dx", "dk", "d|dx|^2/dk"), ours, xla):
         assert a.shape == b.shape, name
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))), err_msg=name)
@@ -82,7 +97,7 @@ def _jaxpr_text(fn, *args) -> str:
 
 
 @needs_library
-def test_conv2d_nhwc_takes_onednn_for_float32_on_one_device_only():
+def test_convolutions_take_onednn_for_float32_on_one_device_only():
     x, kernel = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
 
     def conv(x, kernel):
@@ -110,8 +125,8 @@ def test_conv2d_nhwc_takes_onednn_for_float32_on_one_device_only():
      ((1, 2, 2), True, "reflect")],
 )  # fmt: skip
 def test_causal_conv3d_on_onednn_equals_xla(monkeypatch, strides, causal, padding_mode):
-    """The tokenizer's layer, value and gradients, with its per-tap 2D convolutions on oneDNN
-    and with oneDNN switched off (XLA's)."""
+    """The tokenizer's layer, value and gradients, with its 3D convolution on oneDNN and with
+    oneDNN switched off (XLA's per-tap 2D convolutions)."""
     conv = layers.CausalConv3d(
         3, 4, strides=strides, causal=causal, padding_mode=padding_mode, rngs=nnx.Rngs(0)
     )
@@ -184,23 +199,21 @@ def test_a_machine_that_cannot_build_it_runs_on_xla_and_says_why(tmp_path):
 
 
 @needs_library
-@pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", [CASES[2], CASES[4]])
+@pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", [CASES[2], CASES[4], CASES[8]])
 def test_program_cost_counts_the_onednn_convolutions_as_xla_counts_its_own(
     x_shape, kernel_shape, strides, padding
 ):
     """MFU and the benchmarks read FLOPs from XLA's cost analysis, which sees nothing inside a
     custom call: `mfu.program_cost` adds oneDNN's. Without padding XLA counts its own
     convolutions by the same formula, so a whole gradient program costs the same both ways."""
-    x = jnp.ones(x_shape)
-    kh, kw, co = kernel_shape
-    kernel = jnp.ones((kh, kw, x_shape[3], co))
+    x, kernel = _operands(x_shape, kernel_shape)
 
     def cost(conv):
         step = jax.jit(jax.grad(_loss(conv, strides, padding), (0, 1)))
         return mfu.program_cost(step.lower(x, kernel).compile()).flops_per_device
 
-    assert cost(onednn_conv.conv2d) == pytest.approx(cost(layers.conv2d_xla), rel=1e-6)
-    forward = jax.jit(lambda x, k: onednn_conv.conv2d(x, k, strides, padding))
+    assert cost(onednn_conv.conv) == pytest.approx(cost(_xla), rel=1e-6)
+    forward = jax.jit(lambda x, k: onednn_conv.conv(x, k, strides, padding))
     y = forward(x, kernel)
-    expected = 2 * y.size * kh * kw * x_shape[3]
+    expected = 2 * y.size * np.prod(kernel.shape[:-1])
     assert mfu.program_cost(forward.lower(x, kernel).compile()).flops_per_device == expected

@@ -1,14 +1,13 @@
-// oneDNN's 2-D convolution (NHWC activations, HWIO kernels, float32) as three XLA FFI
-// handlers: forward, gradient of the input, gradient of the kernel. Compiled and loaded by
-// videogen/kernels/onednn_conv.py; XLA:CPU's own convolution runs its backward pass at a
-// quarter of the matmul peak on the tokenizer's widest maps, oneDNN's at 0.7 (BUILD_NOTES.md,
-// issue 19).
-#include <array>
+// oneDNN's 2-D and 3-D convolution (channels-last activations [n, (t,) h, w, c], kernels
+// [(kt,) kh, kw, ci, co], float32) as three XLA FFI handlers: forward, gradient of the input,
+// gradient of the kernel. Compiled and loaded by videogen/kernels/onednn_conv.py; XLA:CPU's
+// own convolution runs its backward pass at a quarter of the matmul peak on the tokenizer's
+// widest maps, oneDNN's at 0.7 (BUILD_NOTES.md, issue 19).
 #include <cstdint>
 #include <map>
 #include <mutex>
-#include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -17,6 +16,7 @@ namespace ffi = xla::ffi;
 using dnnl::memory;
 using Tag = memory::format_tag;
 using F32 = ffi::Buffer<ffi::F32>;
+using Ints = ffi::Span<const int64_t>;
 
 namespace {
 
@@ -25,9 +25,9 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-// XLA:CPU runs independent custom calls at the same time (the temporal taps' convolutions of
-// one layer share a shape, so a primitive too): a stream per thread, and every call brings
-// its own scratchpad (`User`), since a library-owned one would be shared between calls.
+// XLA:CPU runs independent custom calls at the same time (and a model's layers share shapes,
+// so primitives too): a stream per thread, and every call brings its own scratchpad
+// (`User`), since a library-owned one would be shared between calls.
 dnnl::stream& Stream() {
   thread_local dnnl::stream stream(Engine());
   return stream;
@@ -39,53 +39,59 @@ dnnl::primitive_attr User() {
   return attr;
 }
 
-// A convolution's shape: input [n, h, w, ci], kernel [kh, kw, ci, co], strides, padding.
+// A convolution over d = 2 or 3 spatial dimensions: input [n, size..., ci], kernel
+// [window..., ci, co], and per spatial dimension a stride and zero padding before / after.
 struct Shape {
-  int64_t n, h, w, ci, co, kh, kw, sh, sw, ph0, ph1, pw0, pw1;
-  int64_t oh() const { return (h + ph0 + ph1 - kh) / sh + 1; }
-  int64_t ow() const { return (w + pw0 + pw1 - kw) / sw + 1; }
-  memory::desc src() const { return {{n, ci, h, w}, memory::data_type::f32, Tag::nhwc}; }
-  memory::desc dst() const { return {{n, co, oh(), ow()}, memory::data_type::f32, Tag::nhwc}; }
-  memory::desc hwio() const { return {{co, ci, kh, kw}, memory::data_type::f32, Tag::hwio}; }
-  // oneDNN picks the kernel layout its fastest implementation wants; we reorder to it.
-  memory::desc any() const { return {{co, ci, kh, kw}, memory::data_type::f32, Tag::any}; }
-  memory::dims strides() const { return {sh, sw}; }
-  std::array<int64_t, 13> key() const { return {n, h, w, ci, co, kh, kw, sh, sw, ph0, ph1, pw0, pw1}; }
-  memory::dims lo() const { return {ph0, pw0}; }
-  memory::dims hi() const { return {ph1, pw1}; }
+  int64_t n, ci, co;
+  memory::dims size, window, strides, lo, hi;
+
+  size_t d() const { return size.size(); }
+  memory::dims out() const {
+    memory::dims o(d());
+    for (size_t i = 0; i < d(); ++i) o[i] = (size[i] + lo[i] + hi[i] - window[i]) / strides[i] + 1;
+    return o;
+  }
+  static memory::dims Join(memory::dims head, const memory::dims& tail) {
+    head.insert(head.end(), tail.begin(), tail.end());
+    return head;
+  }
+  Tag activations() const { return d() == 2 ? Tag::nhwc : Tag::ndhwc; }
+  memory::desc src() const { return {Join({n, ci}, size), memory::data_type::f32, activations()}; }
+  memory::desc dst() const { return {Join({n, co}, out()), memory::data_type::f32, activations()}; }
+  // The kernel as XLA holds it (HWIO / DHWIO), and in whatever layout oneDNN's fastest
+  // implementation wants (we reorder between the two).
+  memory::desc user_weights() const {
+    return {Join({co, ci}, window), memory::data_type::f32, d() == 2 ? Tag::hwio : Tag::dhwio};
+  }
+  memory::desc any_weights() const { return {Join({co, ci}, window), memory::data_type::f32, Tag::any}; }
+  std::vector<int64_t> key() const {
+    std::vector<int64_t> k = {n, ci, co};
+    for (const memory::dims* v : {&size, &window, &strides, &lo, &hi}) k.insert(k.end(), v->begin(), v->end());
+    return k;
+  }
 };
 
-// The convolution's shape from its input and kernel (forward), from the output gradient and
-// kernel plus the input's height and width (input gradient), or from the input and output
-// gradient plus the kernel's height and width (kernel gradient).
-Shape MakeShape(const F32& x, const F32& k, int64_t sh, int64_t sw, int64_t ph0, int64_t ph1,
-                int64_t pw0, int64_t pw1) {
-  auto xd = x.dimensions();
-  auto kd = k.dimensions();
-  return {xd[0], xd[1], xd[2], xd[3], kd[3], kd[0], kd[1], sh, sw, ph0, ph1, pw0, pw1};
+memory::dims Dims(Ints values) { return memory::dims(values.begin(), values.end()); }
+
+// Spatial extent of a channels-last buffer: its dimensions between batch and channels.
+memory::dims Spatial(const F32& buffer) {
+  auto dims = buffer.dimensions();
+  return memory::dims(dims.begin() + 1, dims.end() - 1);
 }
 
-Shape InputGradShape(const F32& dy, const F32& k, int64_t h, int64_t w, int64_t sh, int64_t sw,
-                     int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
-  auto kd = k.dimensions();
-  return {dy.dimensions()[0], h, w, kd[2], kd[3], kd[0], kd[1], sh, sw, ph0, ph1, pw0, pw1};
+// Spatial extent of a kernel [window..., ci, co].
+memory::dims Window(const F32& kernel) {
+  auto dims = kernel.dimensions();
+  return memory::dims(dims.begin(), dims.end() - 2);
 }
 
-Shape KernelGradShape(const F32& x, const F32& dy, int64_t kh, int64_t kw, int64_t sh,
-                      int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
-  auto xd = x.dimensions();
-  return {xd[0], xd[1], xd[2], xd[3], dy.dimensions()[3], kh, kw, sh, sw, ph0, ph1, pw0, pw1};
-}
-
-dnnl::convolution_forward::primitive_desc Forward(const Shape& s) {
-  return {Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-          s.src(), s.any(), s.dst(), s.strides(), s.lo(), s.hi(), User()};
-}
+int64_t Last(const F32& buffer) { return buffer.dimensions().back(); }
+int64_t SecondLast(const F32& buffer) { return buffer.dimensions()[buffer.dimensions().size() - 2]; }
 
 // Building a primitive JIT-compiles its kernel (tens of ms): one per shape, kept.
 template <typename Primitive, typename Make>
 const std::pair<typename Primitive::primitive_desc, Primitive>& Cached(const Shape& s, Make make) {
-  static std::map<std::array<int64_t, 13>, std::pair<typename Primitive::primitive_desc, Primitive>>
+  static std::map<std::vector<int64_t>, std::pair<typename Primitive::primitive_desc, Primitive>>
       cache;
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
@@ -97,17 +103,22 @@ const std::pair<typename Primitive::primitive_desc, Primitive>& Cached(const Sha
   return it->second;
 }
 
+dnnl::convolution_forward::primitive_desc Forward(const Shape& s) {
+  return {Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+          s.src(), s.any_weights(), s.dst(), s.strides, s.lo, s.hi, User()};
+}
+
 // A backward primitive of the convolution `s` (its forward's description is oneDNN's hint).
 template <typename Primitive>
 const std::pair<typename Primitive::primitive_desc, Primitive>& Backward(const Shape& s) {
   return Cached<Primitive>(s, [&] {
     return typename Primitive::primitive_desc(Engine(), dnnl::algorithm::convolution_direct,
-                                              s.src(), s.any(), s.dst(), s.strides(), s.lo(),
-                                              s.hi(), Forward(s), User());
+                                              s.src(), s.any_weights(), s.dst(), s.strides,
+                                              s.lo, s.hi, Forward(s), User());
   });
 }
 
-// `user` (HWIO) in the layout `wanted`, reordered if they differ.
+// `user` in the layout `wanted`, reordered if they differ.
 memory InLayout(memory user, const memory::desc& wanted) {
   if (wanted == user.get_desc()) return user;
   memory out(wanted, Engine());
@@ -123,43 +134,46 @@ void Run(const Primitive& primitive, const Desc& pd, std::unordered_map<int, mem
   Stream().wait();
 }
 
-ffi::Error ForwardImpl(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw,
-                       int64_t ph0, int64_t ph1, int64_t pw0, int64_t pw1) {
-  Shape s = MakeShape(x, k, sh, sw, ph0, ph1, pw0, pw1);
+// y from x and the kernel.
+ffi::Error ForwardImpl(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, Ints strides, Ints lo,
+                       Ints hi) {
+  Shape s{x.dimensions()[0], Last(x), Last(k), Spatial(x), Window(k), Dims(strides), Dims(lo),
+          Dims(hi)};
   const auto& [pd, primitive] =
       Cached<dnnl::convolution_forward>(s, [&] { return Forward(s); });
   memory src(s.src(), Engine(), x.typed_data());
   memory dst(s.dst(), Engine(), y->typed_data());
-  memory weights = InLayout(memory(s.hwio(), Engine(), k.typed_data()), pd.weights_desc());
+  memory weights = InLayout(memory(s.user_weights(), Engine(), k.typed_data()), pd.weights_desc());
   Run(primitive, pd, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
   return ffi::Error::Success();
 }
 
-// dx from dy and the kernel; `h` and `w` are the input's (strides map several sizes to one).
-ffi::Error InputGradImpl(F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dx, int64_t h, int64_t w,
-                         int64_t sh, int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0,
-                         int64_t pw1) {
-  Shape s = InputGradShape(dy, k, h, w, sh, sw, ph0, ph1, pw0, pw1);
+// dx from dy and the kernel; `size` is the input's spatial extent (strides map several sizes
+// to one output size).
+ffi::Error InputGradImpl(F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dx, Ints size, Ints strides,
+                         Ints lo, Ints hi) {
+  Shape s{dy.dimensions()[0], SecondLast(k), Last(k), Dims(size), Window(k), Dims(strides),
+          Dims(lo), Dims(hi)};
   const auto& [pd, primitive] = Backward<dnnl::convolution_backward_data>(s);
   memory diff_dst(s.dst(), Engine(), dy.typed_data());
   memory diff_src(s.src(), Engine(), dx->typed_data());
-  memory weights = InLayout(memory(s.hwio(), Engine(), k.typed_data()), pd.weights_desc());
+  memory weights = InLayout(memory(s.user_weights(), Engine(), k.typed_data()), pd.weights_desc());
   Run(primitive, pd,
       {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, diff_src}});
   return ffi::Error::Success();
 }
 
-// dk from x and dy; `kh` and `kw` are the kernel's window.
-ffi::Error KernelGradImpl(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, int64_t kh, int64_t kw,
-                          int64_t sh, int64_t sw, int64_t ph0, int64_t ph1, int64_t pw0,
-                          int64_t pw1) {
-  Shape s = KernelGradShape(x, dy, kh, kw, sh, sw, ph0, ph1, pw0, pw1);
+// dk from x and dy; `window` is the kernel's spatial extent.
+ffi::Error KernelGradImpl(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, Ints window,
+                          Ints strides, Ints lo, Ints hi) {
+  Shape s{x.dimensions()[0], Last(x), Last(dy), Spatial(x), Dims(window), Dims(strides),
+          Dims(lo), Dims(hi)};
   const auto& [pd, primitive] = Backward<dnnl::convolution_backward_weights>(s);
   memory src(s.src(), Engine(), x.typed_data());
   memory diff_dst(s.dst(), Engine(), dy.typed_data());
-  memory user(s.hwio(), Engine(), dk->typed_data());
+  memory user(s.user_weights(), Engine(), dk->typed_data());
   memory diff_weights =
-      pd.diff_weights_desc() == s.hwio() ? user : memory(pd.diff_weights_desc(), Engine());
+      pd.diff_weights_desc() == s.user_weights() ? user : memory(pd.diff_weights_desc(), Engine());
   Run(primitive, pd,
       {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_weights}});
   if (diff_weights != user) {
@@ -171,15 +185,13 @@ ffi::Error KernelGradImpl(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, int64_t
 
 }  // namespace
 
-#define CONV_ATTRS                                                                        \
-  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("ph0").Attr<int64_t>("ph1")     \
-      .Attr<int64_t>("pw0").Attr<int64_t>("pw1")
+#define CONV_ATTRS .Attr<Ints>("strides").Attr<Ints>("lo").Attr<Ints>("hi")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, ForwardImpl,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>() CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGrad, InputGradImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()
-                                  .Attr<int64_t>("h").Attr<int64_t>("w") CONV_ATTRS);
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Ints>("size")
+                                  CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvKernelGrad, KernelGradImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()
-                                  .Attr<int64_t>("kh").Attr<int64_t>("kw") CONV_ATTRS);
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Ints>("window")
+                                  CONV_ATTRS);

@@ -1,4 +1,4 @@
-"""oneDNN's 2D convolution inside XLA on CPU: built once, loaded, differentiable to any order.
+"""oneDNN's 2D and 3D convolution inside XLA on CPU: built once, loaded, differentiable to any order.
 
 XLA:CPU computes the tokenizer's convolutions at a quarter of this machine's float32 matmul
 peak on its widest maps, and their kernel gradients at half the rate of their forward pass;
@@ -6,8 +6,9 @@ oneDNN's direct convolution (what PyTorch runs on CPU) reaches 0.7 of the peak f
 backward (BUILD_NOTES.md, issue 19). `onednn_conv.cc` wraps oneDNN's forward, input-gradient
 and kernel-gradient primitives as XLA FFI handlers; this module compiles it with g++ against
 jaxlib's FFI headers and the oneDNN that `setup.sh` installs from PyPI (`onednn-cpu-gomp`,
-`onednn-devel-cpu-gomp`), registers the handlers, and defines `conv2d` with gradients built
-from the same three calls, so second derivatives (the R1 penalty) stay on oneDNN too.
+`onednn-devel-cpu-gomp`), registers the handlers, and defines `conv` (2D or 3D) with
+gradients built from the same three calls, so second derivatives (the R1 penalty) stay on
+oneDNN too.
 
 `layers.conv2d_nhwc` decides when to use it. When the library cannot be built or loaded
 (no g++, no oneDNN, another platform) `available()` is False, the reason is logged once, and
@@ -42,7 +43,7 @@ FORWARD, INPUT_GRAD, KERNEL_GRAD = "OnednnConvForward", "OnednnConvInputGrad", "
 DISABLE_VARIABLE = "VIDEOGEN_ONEDNN"
 CACHE_VARIABLE = "VIDEOGEN_KERNEL_CACHE"
 
-Padding = tuple[tuple[int, int], tuple[int, int]]
+Padding = tuple[tuple[int, int], ...]  # (before, after) per spatial dimension
 
 
 class KernelUnavailable(RuntimeError):
@@ -95,6 +96,7 @@ def build() -> Path:
         f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
         f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}",
     ]  # fmt: skip
+    logging.info("building oneDNN's convolution into %s (once; about 20 s)", path)
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
@@ -126,7 +128,7 @@ def load() -> str | None:
 
 
 def available() -> bool:
-    """Whether `conv2d` can run here (builds and loads the library on first call)."""
+    """Whether `conv` can run here (builds and loads the library on first call)."""
     return load() is None
 
 
@@ -134,77 +136,72 @@ def _output_size(size: int, window: int, stride: int, pad: tuple[int, int]) -> i
     return (size + pad[0] + pad[1] - window) // stride + 1
 
 
-def _call(target: str, shape: tuple[int, ...], *args, strides, padding, **sizes) -> jax.Array:
+def _call(target: str, shape: tuple[int, ...], *args, strides, padding, **extents) -> jax.Array:
     reason = load()
     if reason is not None:
         raise KernelUnavailable(f"oneDNN's convolution was called but cannot run: {reason}")
-    (ph0, ph1), (pw0, pw1) = padding
-    attrs = dict(sizes, sh=strides[0], sw=strides[1], ph0=ph0, ph1=ph1, pw0=pw0, pw1=pw1)
+    attrs = dict(extents, strides=strides, lo=[lo for lo, _ in padding], hi=[hi for _, hi in padding])
     # A batch of convolutions under vmap runs one after another: correct, if not fast.
     call = jax.ffi.ffi_call(
         target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential"
     )
-    return call(*args, **{key: np.int64(value) for key, value in attrs.items()})
+    return call(*args, **{key: np.asarray(value, np.int64) for key, value in attrs.items()})
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(
-    x: Float[Array, "n h w ci"],
-    kernel: Float[Array, "kh kw ci co"],
-    strides: tuple[int, int],
+def conv(
+    x: Float[Array, "n *size ci"],
+    kernel: Float[Array, "*window ci co"],
+    strides: tuple[int, ...],
     padding: Padding,
-) -> Float[Array, "n h2 w2 co"]:
-    """`layers.conv2d_nhwc` (zero padding, float32) computed by oneDNN."""
-    n, h, w, _ = x.shape
-    kh, kw, _, co = kernel.shape
-    shape = (
-        n,
-        _output_size(h, kh, strides[0], padding[0]),
-        _output_size(w, kw, strides[1], padding[1]),
-        co,
-    )
-    return _call(FORWARD, shape, x, kernel, strides=strides, padding=padding)
+) -> Float[Array, "n *out co"]:
+    """Zero-padded convolution of channels-last ``x`` over its 2 or 3 spatial dimensions
+    ([n, h, w, c] or [n, t, h, w, c]; kernel HWIO or DHWIO, float32), computed by oneDNN:
+    `layers.conv2d_nhwc` and `layers.conv3d_single`'s operation."""
+    out = [
+        _output_size(size, window, stride, pad)
+        for size, window, stride, pad in zip(x.shape[1:-1], kernel.shape[:-2], strides, padding)
+    ]
+    return _call(FORWARD, (x.shape[0], *out, kernel.shape[-1]), x, kernel, strides=strides, padding=padding)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def input_grad(
-    dy: Float[Array, "n h2 w2 co"],
-    kernel: Float[Array, "kh kw ci co"],
-    size: tuple[int, int],
-    strides: tuple[int, int],
+    dy: Float[Array, "n *out co"],
+    kernel: Float[Array, "*window ci co"],
+    size: tuple[int, ...],
+    strides: tuple[int, ...],
     padding: Padding,
-) -> Float[Array, "n h w ci"]:
-    """The gradient of `conv2d` with respect to its input of height and width `size`."""
-    shape = (dy.shape[0], *size, kernel.shape[2])
-    return _call(INPUT_GRAD, shape, dy, kernel, strides=strides, padding=padding, h=size[0], w=size[1])
+) -> Float[Array, "n *size ci"]:
+    """The gradient of `conv` with respect to its input of spatial extent `size`."""
+    shape = (dy.shape[0], *size, kernel.shape[-2])
+    return _call(INPUT_GRAD, shape, dy, kernel, strides=strides, padding=padding, size=size)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def kernel_grad(
-    x: Float[Array, "n h w ci"],
-    dy: Float[Array, "n h2 w2 co"],
-    window: tuple[int, int],
-    strides: tuple[int, int],
+    x: Float[Array, "n *size ci"],
+    dy: Float[Array, "n *out co"],
+    window: tuple[int, ...],
+    strides: tuple[int, ...],
     padding: Padding,
-) -> Float[Array, "kh kw ci co"]:
-    """The gradient of `conv2d` with respect to its kernel of height and width `window`."""
-    shape = (*window, x.shape[3], dy.shape[3])
-    return _call(
-        KERNEL_GRAD, shape, x, dy, strides=strides, padding=padding, kh=window[0], kw=window[1]
-    )
+) -> Float[Array, "*window ci co"]:
+    """The gradient of `conv` with respect to its kernel of spatial extent `window`."""
+    shape = (*window, x.shape[-1], dy.shape[-1])
+    return _call(KERNEL_GRAD, shape, x, dy, strides=strides, padding=padding, window=window)
 
 
 # All three are bilinear, and each one's gradients are the other two: for y = conv(x, k),
 # <dy, conv(x, k)> = <input_grad(dy, k), x> = <kernel_grad(x, dy), k>.
-def _conv2d_forward(x, kernel, strides, padding):
-    return conv2d(x, kernel, strides, padding), (x, kernel)
+def _conv_forward(x, kernel, strides, padding):
+    return conv(x, kernel, strides, padding), (x, kernel)
 
 
-def _conv2d_backward(strides, padding, residuals, dy):
+def _conv_backward(strides, padding, residuals, dy):
     x, kernel = residuals
     return (
-        input_grad(dy, kernel, x.shape[1:3], strides, padding),
-        kernel_grad(x, dy, kernel.shape[:2], strides, padding),
+        input_grad(dy, kernel, x.shape[1:-1], strides, padding),
+        kernel_grad(x, dy, kernel.shape[:-2], strides, padding),
     )
 
 
@@ -215,8 +212,8 @@ def _input_grad_forward(dy, kernel, size, strides, padding):
 def _input_grad_backward(size, strides, padding, residuals, g):
     dy, kernel = residuals
     return (
-        conv2d(g, kernel, strides, padding),
-        kernel_grad(g, dy, kernel.shape[:2], strides, padding),
+        conv(g, kernel, strides, padding),
+        kernel_grad(g, dy, kernel.shape[:-2], strides, padding),
     )
 
 
@@ -227,12 +224,12 @@ def _kernel_grad_forward(x, dy, window, strides, padding):
 def _kernel_grad_backward(window, strides, padding, residuals, g):
     x, dy = residuals
     return (
-        input_grad(dy, g, x.shape[1:3], strides, padding),
-        conv2d(x, g, strides, padding),
+        input_grad(dy, g, x.shape[1:-1], strides, padding),
+        conv(x, g, strides, padding),
     )
 
 
-conv2d.defvjp(_conv2d_forward, _conv2d_backward)
+conv.defvjp(_conv_forward, _conv_backward)
 input_grad.defvjp(_input_grad_forward, _input_grad_backward)
 kernel_grad.defvjp(_kernel_grad_forward, _kernel_grad_backward)
 
@@ -248,7 +245,7 @@ _HLO_CALL = re.compile(
 def hlo_flops(hlo_text: str) -> float:
     """FLOPs of the oneDNN convolutions in a compiled program, which XLA's cost analysis
     cannot see into (it counts each custom call as -1 FLOP; this adds that back): 2 x
-    (output-shaped elements) x kh x kw x ci per call, the padding's products included."""
+    (output-shaped elements) x window x ci per call, the padding's products included."""
 
     def dims(text: str) -> list[int]:
         return [int(d) for d in text.split(",") if d]
@@ -262,7 +259,7 @@ def hlo_flops(hlo_text: str) -> float:
             INPUT_GRAD: (first, second),
             KERNEL_GRAD: (second, result),
         }[target]
-        total += 2.0 * math.prod(y) * math.prod(kernel[:3]) + 1.0
+        total += 2.0 * math.prod(y) * math.prod(kernel[:-1]) + 1.0
     return total
 
 

@@ -88,27 +88,33 @@ def conv3d_single(
     )
 
 
+def use_onednn(x: jax.Array, kernel: jax.Array) -> bool:
+    """Whether a convolution of ``x`` by ``kernel`` runs on oneDNN (`videogen.kernels`):
+    on CPU, in float32, when the step is not split over devices (XLA's SPMD partitioner
+    cannot split a custom call) and the library is available. Decided at trace time."""
+    return (
+        jax.default_backend() == "cpu"
+        and x.dtype == kernel.dtype == jnp.float32
+        and not sharding.partitioned()
+        and onednn_conv.available()
+    )
+
+
+def _static(strides, padding) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Strides and padding as Python ints (custom-VJP static arguments must hash)."""
+    return tuple(int(s) for s in strides), tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
 def conv2d_nhwc(
     x: Float[Array, "n h w ci"],
     kernel: Float[Array, "kh kw ci co"],
     strides: tuple[int, int],
     padding: tuple[tuple[int, int], tuple[int, int]],
 ) -> Float[Array, "n h2 w2 co"]:
-    """Zero-padded 2D convolution of channels-last frames.
-
-    oneDNN's (`videogen.kernels.onednn_conv`, 1.3-2.7x XLA's forward + backward on the
-    tokenizer's maps) on CPU in float32 when the step is not split over devices; XLA's
-    (`conv2d_xla`) otherwise, and wherever the oneDNN library is unavailable.
-    """
-    if (
-        jax.default_backend() == "cpu"
-        and x.dtype == kernel.dtype == jnp.float32
-        and not sharding.partitioned()
-        and onednn_conv.available()
-    ):
-        strides = (int(strides[0]), int(strides[1]))
-        padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-        return onednn_conv.conv2d(x, kernel, strides, padding)
+    """Zero-padded 2D convolution of channels-last frames: oneDNN's where `use_onednn`,
+    XLA's (`conv2d_xla`) otherwise."""
+    if use_onednn(x, kernel):
+        return onednn_conv.conv(x, kernel, *_static(strides, padding))
     return conv2d_xla(x, kernel, strides, padding)
 
 
@@ -129,15 +135,14 @@ def conv3d_by_temporal_taps(
     kernel: Float[Array, "kt kh kw ci co"],
     strides: tuple[int, int, int],
     padding: tuple[tuple[int, int], ...],
-    conv2d: Callable = conv2d_nhwc,
+    conv2d: Callable = conv2d_xla,
 ) -> Float[Array, "b t2 h2 w2 co"]:
     """The same convolution as a sum over temporal taps of 2D convolutions on all frames.
 
     XLA:CPU runs 2D convolutions through a much faster kernel than 3D ones
     (3x3x3, 64->64 channels, 17x64x64 frames, 2 cores: 114 ms vs 334 ms forward,
-    327 ms vs 615 ms forward + backward), so CPU runs use this form, and it lets each tap
-    run on oneDNN (`conv2d_nhwc`). ``conv2d`` computes each tap (`conv2d_nhwc`'s
-    signature); benchmarks and tests pass `conv2d_xla` to compare.
+    327 ms vs 615 ms forward + backward), so CPU runs without oneDNN (`use_onednn`) use
+    this form. ``conv2d`` computes each tap (`conv2d_nhwc`'s signature).
     """
     (pt0, pt1), pad_h, pad_w = padding
     st, sh, sw = strides
@@ -239,10 +244,14 @@ class CausalConv3d(nnx.Module):
             pad_t_reflect = (0, 0) if self.causal else pad_t
             x = jnp.pad(x, ((0, 0), pad_t_reflect, *padding[1:], (0, 0)), mode="reflect")
             padding = (pad_t if self.causal else (0, 0), (0, 0), (0, 0))
-        conv = conv3d_by_temporal_taps if jax.default_backend() == "cpu" else conv3d_single
         # Cast, then gather (half the bytes in bfloat16).
         kernel = sharding.constrain(self.kernel[...].astype(self.dtype), CONV3D_KERNEL_USE_AXES)
-        y = conv(x, kernel, self.strides, padding)
+        if use_onednn(x, kernel):
+            y = onednn_conv.conv(x, kernel, *_static(self.strides, padding))
+        elif jax.default_backend() == "cpu":
+            y = conv3d_by_temporal_taps(x, kernel, self.strides, padding)
+        else:
+            y = conv3d_single(x, kernel, self.strides, padding)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return sharding.constrain(y, CONV3D_ACTIVATION_AXES)
