@@ -103,8 +103,11 @@ def main() -> None:
                 f"{total['xla'] / total[name]:.2f} |"
             )
         for name in names[1:]:
-            errors = ", ".join(f"{k} {row[f'{name}_{k}_relative_error']:.1e}" for k in ("y", "dx", "dk"))
+            errors = ", ".join(
+                f"{k} {row[f'{name}_{k}_relative_error']:.1e}" for k in ("y", "dx", "dk")
+            )
             print(f"|  | {name}: max relative difference | {errors} | | | | |")
+
 
 if __name__ == "__main__":
     main()

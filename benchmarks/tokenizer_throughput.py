@@ -83,7 +83,9 @@ def measure(spec: str, repeats: int) -> dict:
 
     model = nnx.merge(graphdef, state).model
     model_graphdef, model_state = nnx.split(model)
-    encode = jax.jit(lambda s, v: nnx.merge(model_graphdef, s).tokenize(frozen_tokenizer.to_float(v)))
+    encode = jax.jit(
+        lambda s, v: nnx.merge(model_graphdef, s).tokenize(frozen_tokenizer.to_float(v))
+    )
     tokens = encode(model_state, video)
     decode = jax.jit(lambda s, i: nnx.merge(model_graphdef, s).detokenize(i))
     encode_seconds = best_seconds(lambda: encode(model_state, video), repeats)

@@ -45,7 +45,11 @@ def _values_and_derivatives(conv, x, kernel, strides, padding):
 
     @jax.jit
     def run(x, kernel):
-        return (conv(x, kernel, strides, padding), *jax.grad(loss, (0, 1))(x, kernel), jax.grad(r1)(kernel))
+        return (
+            conv(x, kernel, strides, padding),
+            *jax.grad(loss, (0, 1))(x, kernel),
+            jax.grad(r1)(kernel),
+        )
 
     return run(x, kernel)
 
@@ -87,7 +91,9 @@ def test_values_and_derivatives_equal_xla(x_shape, kernel_shape, strides, paddin
     xla = _values_and_derivatives(_xla, x, kernel, strides, padding)
     for name, a, b in zip(("y", "dx", "dk", "d|dx|^2/dk"), ours, xla):
         assert a.shape == b.shape, name
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))), err_msg=name)
+        np.testing.assert_allclose(
+            a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))), err_msg=name
+        )
 
 
 def _jaxpr_text(fn, *args) -> str:
@@ -190,9 +196,7 @@ def test_turned_off_runs_on_xla():
 
 def test_a_machine_that_cannot_build_it_runs_on_xla_and_says_why(tmp_path):
     """No compiler (and no library built before): XLA's convolution, the reason logged once."""
-    out = _run_without_onednn(
-        CXX="no-such-compiler", **{onednn_conv.CACHE_VARIABLE: str(tmp_path)}
-    )
+    out = _run_without_onednn(CXX="no-such-compiler", **{onednn_conv.CACHE_VARIABLE: str(tmp_path)})
     assert out.stderr.count("oneDNN convolution unavailable, using XLA's") == 1, out.stderr
     reason = "no C++ compiler" if ONEDNN_PLATFORM else "oneDNN's headers are not installed"
     assert reason in out.stderr and reason in out.stdout

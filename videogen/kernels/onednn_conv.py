@@ -39,7 +39,11 @@ from jaxtyping import Array, Float
 import numpy as np
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
-FORWARD, INPUT_GRAD, KERNEL_GRAD = "OnednnConvForward", "OnednnConvInputGrad", "OnednnConvKernelGrad"
+FORWARD, INPUT_GRAD, KERNEL_GRAD = (
+    "OnednnConvForward",
+    "OnednnConvInputGrad",
+    "OnednnConvKernelGrad",
+)
 DISABLE_VARIABLE = "VIDEOGEN_ONEDNN"
 CACHE_VARIABLE = "VIDEOGEN_KERNEL_CACHE"
 
@@ -140,7 +144,9 @@ def _call(target: str, shape: tuple[int, ...], *args, strides, padding, **extent
     reason = load()
     if reason is not None:
         raise KernelUnavailable(f"oneDNN's convolution was called but cannot run: {reason}")
-    attrs = dict(extents, strides=strides, lo=[lo for lo, _ in padding], hi=[hi for _, hi in padding])
+    attrs = dict(
+        extents, strides=strides, lo=[lo for lo, _ in padding], hi=[hi for _, hi in padding]
+    )
     # A batch of convolutions under vmap runs one after another: correct, if not fast.
     call = jax.ffi.ffi_call(
         target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential"
@@ -162,7 +168,9 @@ def conv(
         _output_size(size, window, stride, pad)
         for size, window, stride, pad in zip(x.shape[1:-1], kernel.shape[:-2], strides, padding)
     ]
-    return _call(FORWARD, (x.shape[0], *out, kernel.shape[-1]), x, kernel, strides=strides, padding=padding)
+    return _call(
+        FORWARD, (x.shape[0], *out, kernel.shape[-1]), x, kernel, strides=strides, padding=padding
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
