@@ -48,9 +48,7 @@ def measure(shape: tuple[int, ...], repeats: int) -> dict:
     row, values = {}, {}
     forms = {
         "xla": functools.partial(layers.conv3d_by_temporal_taps, conv2d=layers.conv2d_xla),
-        "onednn_taps": functools.partial(
-            layers.conv3d_by_temporal_taps, conv2d=lambda *a: onednn_conv.conv(*a)
-        ),
+        "onednn_taps": functools.partial(layers.conv3d_by_temporal_taps, conv2d=onednn_conv.conv),
         "onednn": onednn_conv.conv,
     }
     for name, form in forms.items():

@@ -6,11 +6,11 @@
 For each experiment config, times (best of --repeats after a compiled warm-up)
   - the trainer's real jitted train step (forward, backward, Adam, EMA) on one batch,
   - `tokenize` (encode + LFQ) and `detokenize` (decode) on one batch,
-and divides the FLOPs that XLA's cost analysis counts for each program by its
-time. The ratio to the machine's float32 matmul peak, measured in the same run
+and divides each program's FLOPs (`mfu.program_cost`: XLA's cost analysis plus the
+oneDNN convolutions it cannot see) by its time. The ratio to the machine's float32 matmul peak, measured in the same run
 (benchmarks/matmul_peak.py), says how close the convolutions get to the
 hardware on this noisy, shared machine. ``--convolutions=onednn,xla`` measures each
-config twice, interleaved: with the CPU's 2D convolutions on oneDNN (the default,
+config twice, interleaved: with the CPU's convolutions on oneDNN (the default,
 `videogen.kernels.onednn_conv`) and on XLA's own (as with VIDEOGEN_ONEDNN=0).
 """
 
@@ -137,7 +137,7 @@ def main():
     rows = []
     for spec in args.configs.split(","):
         for conv in convolutions:
-            # What `layers.conv2d_nhwc` asks at trace time; `measure` jits afresh.
+            # What `layers.use_onednn` asks at trace time; `measure` jits afresh.
             with mock.patch.object(onednn_conv, "available", lambda conv=conv: conv == "onednn"):
                 row = measure(spec, args.repeats)
             row["convolutions"] = conv

@@ -10,7 +10,7 @@ jaxlib's FFI headers and the oneDNN that `setup.sh` installs from PyPI (`onednn-
 gradients built from the same three calls, so second derivatives (the R1 penalty) stay on
 oneDNN too.
 
-`layers.conv2d_nhwc` decides when to use it. When the library cannot be built or loaded
+`layers.use_onednn` decides when to use it. When the library cannot be built or loaded
 (no g++, no oneDNN, another platform) `available()` is False, the reason is logged once, and
 every convolution stays XLA's. `VIDEOGEN_ONEDNN=0` turns it off.
 
