@@ -16,8 +16,8 @@ up-sampler (its conv + the shuffle), 1x1x1 conv, group norm, adaptive group
 norm, LFQ. The whole train step (reconstruction recipe: L2 + LFQ, Adam, EMA) is
 timed too; what the layers do not account for (SiLU, residual adds, losses,
 optimizer, and XLA's fusion across layers) is the remainder. FLOPs are
-`mfu.program_cost` of each compiled program (XLA's cost analysis plus oneDNN's calls). Each time is the best of --repeats
-after a warm-up call. On a shared machine a
+`mfu.program_cost` of each compiled program (XLA's cost analysis plus oneDNN's calls).
+Each time is the best of --repeats after a warm-up call. On a shared machine a
 single layer's time can be off by 2x; the sums per kind and the interleaved step
 times are the figures to compare. Peak memory: about 8 GiB at 17x64x64 (the
 compiled step's state and temporaries), so run nothing large beside it.
