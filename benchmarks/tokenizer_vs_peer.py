@@ -1,7 +1,8 @@
 """One tokenizer train step on CPU: ours beside magvit2-pytorch's `VideoTokenizer`, in one run.
 
     .venv/bin/python benchmarks/tokenizer_vs_peer.py [--repeats=2] [--ours=base64,base32] \
-        [--theirs=exact,factorized] [--torch-python=/work/bench_venv/bin/python] [--thesis]
+        [--theirs=exact,factorized] [--torch-python=/work/bench_venv/bin/python] [--thesis] \
+        [--malloc=retain|default]
 
 Same input for both: B=2 clips of 17x64x64 RGB -> 5x8x8 latents, 2^18 codes.
   - ours: `quickstart_tokenizer:recipe=reconstruction` widened to base 64,
@@ -23,7 +24,12 @@ not a videogen dependency: ``python3 -m venv /work/bench_venv``, torch CPU,
 einx beartype gateloop-transformer taylor-series-linear-attention kornia
 kornia_rs rotary-embedding-torch frozendict loguru torch-einops-utils packaging
 jaxtyping pytorch-warmup pillow safetensors pyyaml numpy``).
-Seconds per step: median of --repeats after one warm-up step. FLOPs: XLA's cost
+Seconds per step: median of --repeats after --warmup steps (3: with freed memory
+kept, the heap settles over the first steps). ``--malloc=retain`` (default) runs both
+sides with glibc keeping freed memory for reuse: ours through
+`videogen.allocator.retain_freed_memory`, as `videogen.main` runs, the peer through
+the same settings as glibc environment variables (`RETAIN_MEMORY_ENV`); without it
+each step re-faults its temporaries (``--malloc=default``). FLOPs: XLA's cost
 analysis of our compiled step; torch's `FlopCounterMode` over one of their
 forward + backward (it counts matmuls and convolutions only; Adam is not
 counted by torch; XLA counts it, well under 1 GFLOP). Peak memory: the
@@ -218,7 +224,20 @@ def _run_theirs(args) -> dict:
     }
 
 
+# What `videogen.allocator.retain_freed_memory` sets, as glibc's environment variables,
+# for the peer's process (ours calls that function, as `videogen.main` does).
+RETAIN_MEMORY_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(2**62),
+}
+
+
 def child_main(args) -> None:
+    if args.child == "ours" and args.malloc == "retain":
+        from videogen import allocator
+
+        allocator.retain_freed_memory()  # before jax starts any thread
     try:
         result = _run_ours(args) if args.child == "ours" else _run_theirs(args)
     except Exception as error:  # only allocation failures are a result; others propagate
@@ -241,8 +260,11 @@ def run_child(python: str, child: str, variant: str, args, thesis: bool = False)
         f"--repeats={1 if thesis else args.repeats}",
         f"--threads={args.threads}",
         f"--memory-limit-gb={args.memory_limit_gb}",
+        f"--malloc={args.malloc}",
     ] + (["--thesis"] if thesis else [])
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if args.malloc == "retain" and child == "theirs":
+        env.update(RETAIN_MEMORY_ENV)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
     lines = [s for s in proc.stdout.splitlines() if s.startswith(RESULT_PREFIX)]
@@ -277,7 +299,8 @@ def main() -> None:
     parser.add_argument("--ours", default="base64,base32", help="widths: base64, base32")
     parser.add_argument("--theirs", default="exact,factorized")
     parser.add_argument("--thesis", action="store_true")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--malloc", choices=("retain", "default"), default="retain")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--memory-limit-gb", type=float, default=20.0)

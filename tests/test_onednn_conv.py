@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from videogen import mfu, sharding
-from videogen.kernels import onednn_conv
+from videogen.kernels import build, onednn_conv
 from videogen.models import layers
 
 # setup.sh installs oneDNN's Linux x86-64 wheels and builds the library; there it must load.
@@ -152,7 +152,7 @@ def test_causal_conv3d_on_onednn_equals_xla(monkeypatch, strides, causal, paddin
 
 
 def test_missing_headers_name_the_packages_to_install(monkeypatch, tmp_path):
-    monkeypatch.setenv(onednn_conv.CACHE_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setenv(build.CACHE_VARIABLE, str(tmp_path / "cache"))
     monkeypatch.setattr(onednn_conv, "onednn_prefix", lambda: tmp_path)
     with pytest.raises(onednn_conv.KernelUnavailable, match="onednn-devel-cpu-gomp==2023.2.0"):
         onednn_conv.build()
@@ -161,7 +161,7 @@ def test_missing_headers_name_the_packages_to_install(monkeypatch, tmp_path):
 @needs_library
 def test_missing_compiler_is_named_and_nothing_half_built_is_left(monkeypatch, tmp_path):
     cache = tmp_path / "cache"
-    monkeypatch.setenv(onednn_conv.CACHE_VARIABLE, str(cache))
+    monkeypatch.setenv(build.CACHE_VARIABLE, str(cache))
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(onednn_conv.KernelUnavailable, match="no C\\+\\+ compiler"):
         onednn_conv.build()
@@ -196,7 +196,7 @@ def test_turned_off_runs_on_xla():
 
 def test_a_machine_that_cannot_build_it_runs_on_xla_and_says_why(tmp_path):
     """No compiler (and no library built before): XLA's convolution, the reason logged once."""
-    out = _run_without_onednn(CXX="no-such-compiler", **{onednn_conv.CACHE_VARIABLE: str(tmp_path)})
+    out = _run_without_onednn(CXX="no-such-compiler", **{build.CACHE_VARIABLE: str(tmp_path)})
     assert out.stderr.count("oneDNN convolution unavailable, using XLA's") == 1, out.stderr
     reason = "no C++ compiler" if ONEDNN_PLATFORM else "oneDNN's headers are not installed"
     assert reason in out.stderr and reason in out.stdout

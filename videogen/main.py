@@ -14,6 +14,11 @@ import os
 # accelerator and quiet, before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Before any thread allocates: steps reuse freed memory instead of page-faulting it in again.
+from videogen import allocator  # noqa: E402
+
+allocator.retain_freed_memory()
+
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

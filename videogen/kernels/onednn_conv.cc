@@ -3,8 +3,13 @@
 // gradient of the kernel. Compiled and loaded by videogen/kernels/onednn_conv.py; XLA:CPU's
 // own convolution runs its backward pass at a quarter of the matmul peak on the tokenizer's
 // widest maps, oneDNN's at 0.7 (BUILD_NOTES.md, issue 19).
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
+#include <new>
+#include <stdexcept>
+#include <string>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -118,10 +123,35 @@ const std::pair<typename Primitive::primitive_desc, Primitive>& Backward(const S
   });
 }
 
+// What a call needs only while it runs (oneDNN's scratchpad, a kernel in oneDNN's layout):
+// one buffer per thread and purpose, grown as needed and kept. Allocated afresh, each
+// freshly mapped page faulted on every call: with XLA's own temporaries, the system time
+// that made a 17x64x64 step take 3.0-4.1 s (BUILD_NOTES.md, issue 19). A thread runs one call
+// at a time, so its buffers are free again when the next one starts.
+enum Slot { kScratchpad, kWeights, kSlots };
+
+memory Temporary(const memory::desc& desc, Slot slot) {
+  struct Buffer {
+    void* data = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffers[kSlots];
+  Buffer& buffer = buffers[slot];
+  const size_t bytes = (std::max<size_t>(desc.get_size(), 1) + 63) / 64 * 64;
+  if (buffer.size < bytes) {
+    std::free(buffer.data);
+    buffer.data = std::aligned_alloc(64, bytes);
+    if (buffer.data == nullptr) throw std::bad_alloc();
+    buffer.size = bytes;
+  }
+  return memory(desc, Engine(), buffer.data);
+}
+
 // `user` in the layout `wanted`, reordered if they differ.
 memory InLayout(memory user, const memory::desc& wanted) {
   if (wanted == user.get_desc()) return user;
-  memory out(wanted, Engine());
+  memory out = Temporary(wanted, kWeights);
   dnnl::reorder(user, out).execute(Stream(), user, out);
   return out;
 }
@@ -129,13 +159,13 @@ memory InLayout(memory user, const memory::desc& wanted) {
 // Runs `primitive` on `args` with a scratchpad of its own and waits for it.
 template <typename Primitive, typename Desc>
 void Run(const Primitive& primitive, const Desc& pd, std::unordered_map<int, memory> args) {
-  args.insert({DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), Engine())});
+  args.insert({DNNL_ARG_SCRATCHPAD, Temporary(pd.scratchpad_desc(), kScratchpad)});
   primitive.execute(Stream(), args);
   Stream().wait();
 }
 
 // y from x and the kernel.
-ffi::Error ForwardImpl(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, Ints strides, Ints lo,
+ffi::Error ForwardBody(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, Ints strides, Ints lo,
                        Ints hi) {
   Shape s{x.dimensions()[0], Last(x), Last(k), Spatial(x), Window(k), Dims(strides), Dims(lo),
           Dims(hi)};
@@ -150,7 +180,7 @@ ffi::Error ForwardImpl(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, Ints strides
 
 // dx from dy and the kernel; `size` is the input's spatial extent (strides map several sizes
 // to one output size).
-ffi::Error InputGradImpl(F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dx, Ints size, Ints strides,
+ffi::Error InputGradBody(F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dx, Ints size, Ints strides,
                          Ints lo, Ints hi) {
   Shape s{dy.dimensions()[0], SecondLast(k), Last(k), Dims(size), Window(k), Dims(strides),
           Dims(lo), Dims(hi)};
@@ -164,7 +194,7 @@ ffi::Error InputGradImpl(F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dx, Ints siz
 }
 
 // dk from x and dy; `window` is the kernel's spatial extent.
-ffi::Error KernelGradImpl(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, Ints window,
+ffi::Error KernelGradBody(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, Ints window,
                           Ints strides, Ints lo, Ints hi) {
   Shape s{x.dimensions()[0], Last(x), Last(dy), Spatial(x), Dims(window), Dims(strides),
           Dims(lo), Dims(hi)};
@@ -173,7 +203,7 @@ ffi::Error KernelGradImpl(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, Ints wi
   memory diff_dst(s.dst(), Engine(), dy.typed_data());
   memory user(s.user_weights(), Engine(), dk->typed_data());
   memory diff_weights =
-      pd.diff_weights_desc() == s.user_weights() ? user : memory(pd.diff_weights_desc(), Engine());
+      pd.diff_weights_desc() == s.user_weights() ? user : Temporary(pd.diff_weights_desc(), kWeights);
   Run(primitive, pd,
       {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_weights}});
   if (diff_weights != user) {
@@ -181,6 +211,28 @@ ffi::Error KernelGradImpl(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, Ints wi
     Stream().wait();
   }
   return ffi::Error::Success();
+}
+
+// oneDNN reports failures (and a failed allocation) by throwing; XLA wants an error back.
+template <typename... Args>
+ffi::Error Guarded(ffi::Error (*body)(Args...), Args... args) {
+  try {
+    return body(std::move(args)...);
+  } catch (const std::exception& error) {
+    return ffi::Error::Internal(std::string("oneDNN convolution failed: ") + error.what());
+  }
+}
+
+ffi::Error ForwardImpl(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, Ints strides, Ints lo, Ints hi) {
+  return Guarded(ForwardBody, x, k, y, strides, lo, hi);
+}
+ffi::Error InputGradImpl(F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dx, Ints size, Ints strides, Ints lo,
+                         Ints hi) {
+  return Guarded(InputGradBody, dy, k, dx, size, strides, lo, hi);
+}
+ffi::Error KernelGradImpl(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, Ints window, Ints strides, Ints lo,
+                          Ints hi) {
+  return Guarded(KernelGradBody, x, dy, dk, window, strides, lo, hi);
 }
 
 }  // namespace

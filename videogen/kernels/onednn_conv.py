@@ -14,29 +14,25 @@ oneDNN too.
 (no g++, no oneDNN, another platform) `available()` is False, the reason is logged once, and
 every convolution stays XLA's. `VIDEOGEN_ONEDNN=0` turns it off.
 
-    python -m videogen.kernels.onednn_conv    # build (setup.sh runs this) and say where
+    python -m videogen.kernels    # builds this and the group-norm kernel (setup.sh runs it)
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import logging
 import math
-import os
 from pathlib import Path
-import shutil
 import re
-import subprocess
-import sys
 import sysconfig
-import tempfile
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 import numpy as np
+
+from videogen.kernels.build import KernelUnavailable, compile_library
+from videogen.kernels.build import library_path as library_path_for
+from videogen.kernels.build import load as load_library
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 FORWARD, INPUT_GRAD, KERNEL_GRAD = (
@@ -45,13 +41,8 @@ FORWARD, INPUT_GRAD, KERNEL_GRAD = (
     "OnednnConvKernelGrad",
 )
 DISABLE_VARIABLE = "VIDEOGEN_ONEDNN"
-CACHE_VARIABLE = "VIDEOGEN_KERNEL_CACHE"
 
 Padding = tuple[tuple[int, int], ...]  # (before, after) per spatial dimension
-
-
-class KernelUnavailable(RuntimeError):
-    """The oneDNN library cannot be built or loaded here; the message says why and what to do."""
 
 
 def onednn_prefix() -> Path:
@@ -60,21 +51,19 @@ def onednn_prefix() -> Path:
     return Path(sysconfig.get_paths()["data"])
 
 
+def _flags() -> list[str]:
+    prefix = onednn_prefix()
+    lib = prefix / "lib"
+    return [f"-I{prefix / 'include'}", f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}"]
+
+
 def library_path() -> Path:
-    """The built library: one per source text, jax version and oneDNN location, in
-    `$VIDEOGEN_KERNEL_CACHE` (default ~/.cache/videogen/kernels)."""
-    cache = os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "videogen" / "kernels"
-    digest = hashlib.sha256()
-    digest.update(SOURCE.read_bytes())
-    digest.update(f"{jax.__version__} {onednn_prefix()}".encode())
-    return Path(cache) / f"onednn_conv-{digest.hexdigest()[:16]}.so"
+    """The built library: one per source text, jax version and oneDNN location."""
+    return library_path_for(SOURCE, " ".join(_flags()))
 
 
 def build() -> Path:
     """Compiles `onednn_conv.cc` unless this exact build exists; returns the library's path."""
-    path = library_path()
-    if path.exists():
-        return path
     prefix = onednn_prefix()
     header = prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp"
     if not header.exists():
@@ -83,52 +72,20 @@ def build() -> Path:
             "`pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0` "
             "(Linux x86-64 wheels)."
         )
-    compiler = shutil.which(os.environ.get("CXX", "g++"))
-    if compiler is None:
-        raise KernelUnavailable(
-            "no C++ compiler (g++, or $CXX) on PATH to build the oneDNN convolution; install "
-            "one (e.g. `apt install g++`) and run ./setup.sh again."
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lib = prefix / "lib"
-    # Compiled beside its final name and renamed into place: parallel test workers that
-    # build at the same time each write their own file, and readers never see half of one.
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".so", delete=False) as tmp:
-        partial = Path(tmp.name)
-    command = [
-        compiler, "-O2", "-std=c++17", "-shared", "-fPIC", str(SOURCE), "-o", str(partial),
-        f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
-        f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}",
-    ]  # fmt: skip
-    logging.info("building oneDNN's convolution into %s (once; about 20 s)", path)
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise KernelUnavailable(
-            f"building {SOURCE.name} failed ({' '.join(command)}):\n{result.stderr[-2000:]}"
-        )
-    os.replace(partial, path)
-    return path
+    return compile_library(SOURCE, _flags())
 
 
 @functools.cache
 def load() -> str | None:
     """Builds if needed, loads and registers the handlers once. None when they are ready,
     else the reason they are not (logged once)."""
-    if os.environ.get(DISABLE_VARIABLE, "1") == "0":
-        return f"turned off by {DISABLE_VARIABLE}=0"
-    try:
-        library = ctypes.cdll.LoadLibrary(str(build()))
-    except (KernelUnavailable, OSError) as error:
-        logging.warning(
-            "oneDNN convolution unavailable, using XLA's (about 2x slower tokenizer steps on "
-            "CPU): %s",
-            error,
-        )
-        return str(error)
-    for name in (FORWARD, INPUT_GRAD, KERNEL_GRAD):
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), "cpu")
-    return None
+    return load_library(
+        build,
+        (FORWARD, INPUT_GRAD, KERNEL_GRAD),
+        disable_variable=DISABLE_VARIABLE,
+        unavailable="oneDNN convolution unavailable, using XLA's (about 2x slower tokenizer "
+        "steps on CPU)",
+    )
 
 
 def available() -> bool:
@@ -269,16 +226,3 @@ def hlo_flops(hlo_text: str) -> float:
         }[target]
         total += 2.0 * math.prod(y) * math.prod(kernel[:-1]) + 1.0
     return total
-
-
-def main() -> None:
-    reason = load()
-    if reason is not None:
-        print(f"oneDNN convolution not built: {reason}", file=sys.stderr)
-        print("videogen runs with XLA's convolution (slower on CPU); nothing else changes.")
-        return
-    print(f"oneDNN convolution ready: {library_path()}")
-
-
-if __name__ == "__main__":
-    main()

@@ -34,7 +34,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from videogen import sharding
-from videogen.kernels import onednn_conv
+from videogen.kernels import group_norm, onednn_conv
 
 # Logical axis names of every parameter; `videogen.sharding` maps them to mesh axes.
 CONV3D_KERNEL_AXES = ("conv_t", "conv_h", "conv_w", "channels_in", "channels_out")
@@ -88,16 +88,23 @@ def conv3d_single(
     )
 
 
+def _on_one_cpu() -> bool:
+    """Whether the step being traced runs on CPU and is not split over devices: where this
+    package's C++ kernels (`videogen.kernels`) can run, since XLA's SPMD partitioner cannot
+    split a custom call."""
+    return jax.default_backend() == "cpu" and not sharding.partitioned()
+
+
 def use_onednn(x: jax.Array, kernel: jax.Array) -> bool:
-    """Whether a convolution of ``x`` by ``kernel`` runs on oneDNN (`videogen.kernels`):
-    on CPU, in float32, when the step is not split over devices (XLA's SPMD partitioner
-    cannot split a custom call) and the library is available. Decided at trace time."""
-    return (
-        jax.default_backend() == "cpu"
-        and x.dtype == kernel.dtype == jnp.float32
-        and not sharding.partitioned()
-        and onednn_conv.available()
-    )
+    """Whether a convolution of ``x`` by ``kernel`` runs on oneDNN: `_on_one_cpu`, in
+    float32, and the library is available. Decided at trace time."""
+    return _on_one_cpu() and x.dtype == kernel.dtype == jnp.float32 and onednn_conv.available()
+
+
+def use_group_norm_kernel() -> bool:
+    """Whether per-frame group norms run on the C++ kernel: `_on_one_cpu` and the library
+    is available. Decided at trace time (norms compute in float32 whatever the model's dtype)."""
+    return _on_one_cpu() and group_norm.available()
 
 
 def _static(strides, padding) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
@@ -340,11 +347,15 @@ class GroupNorm(nnx.Module):
     def normalize(self, x: Float[Array, "b t h w c"]) -> Float[Array, "b t h w c"]:
         """Zero-mean unit-variance per group, float32, without the affine transform."""
         b, t, h, w, c = x.shape
-        xg = x.astype(jnp.float32).reshape(b, t, h, w, self.num_groups, c // self.num_groups)
-        axes = (2, 3, 5) if self.per_frame else (1, 2, 3, 5)
-        mean = jnp.mean(xg, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
-        return ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, t, h, w, c)
+        x = x.astype(jnp.float32)
+        if not self.per_frame:
+            # Statistics over the whole clip: one "frame" of t*h rows.
+            x = x.reshape(b, 1, t * h, w, c)
+        if use_group_norm_kernel():
+            y = group_norm.normalize(x, self.num_groups, self.epsilon)
+        else:
+            y = group_norm.reference_normalize(x, self.num_groups, self.epsilon)
+        return y.reshape(b, t, h, w, c)
 
     def __call__(self, x: Float[Array, "b t h w c"]) -> Float[Array, "b t h w c"]:
         """Normalise ``[b, t, h, w, c]``; returns the input's dtype."""
