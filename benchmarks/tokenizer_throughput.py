@@ -1,7 +1,7 @@
 """Tokenizer throughput: train steps/s, encode and decode clips/s, and achieved FLOP/s.
 
     python benchmarks/tokenizer_throughput.py [--configs=quickstart_tokenizer,magvit2_k600:runlocal] \
-        [--convolutions=onednn,xla]
+        [--kernels=onednn+group_norm,onednn,none]
 
 For each experiment config, times (best of --repeats after a compiled warm-up)
   - the trainer's real jitted train step (forward, backward, Adam, EMA) on one batch,
@@ -9,14 +9,19 @@ For each experiment config, times (best of --repeats after a compiled warm-up)
 and divides each program's FLOPs (`mfu.program_cost`: XLA's cost analysis plus the
 oneDNN convolutions it cannot see) by its time. The ratio to the machine's float32 matmul peak, measured in the same run
 (benchmarks/matmul_peak.py), says how close the convolutions get to the
-hardware on this noisy, shared machine. ``--convolutions=onednn,xla`` measures each
-config twice, interleaved: with the CPU's convolutions on oneDNN (the default,
-`videogen.kernels.onednn_conv`) and on XLA's own (as with VIDEOGEN_ONEDNN=0).
+hardware on this noisy, shared machine. ``--kernels`` lists the sets of CPU kernels
+(`videogen.kernels`) to measure each config with, interleaved: ``onednn`` (convolutions),
+``group_norm`` (norms), joined by ``+``; ``none`` is XLA's own operations throughout (as
+with VIDEOGEN_ONEDNN=0 VIDEOGEN_GROUP_NORM_KERNEL=0). The default is both kernels.
+(Before the group-norm kernel this flag was ``--convolutions=onednn,xla``: now
+``--kernels=onednn,none``.) Like `videogen.main`, the script keeps freed memory for reuse
+(`videogen.allocator`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -24,17 +29,23 @@ import sys
 import time
 from unittest import mock
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
-import numpy as np
+from videogen import allocator
 
-from videogen import config as config_lib
-from videogen import mfu, optim
-from videogen.evaluation import lpips
-from videogen.kernels import onednn_conv
-from videogen.trainers import frozen_tokenizer
-from videogen.trainers import tokenizer as trainer
+allocator.retain_freed_memory()  # as videogen.main does, before jax starts its threads
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from videogen import config as config_lib  # noqa: E402
+from videogen import mfu, optim  # noqa: E402
+from videogen.evaluation import lpips  # noqa: E402
+from videogen.kernels import group_norm, onednn_conv  # noqa: E402
+from videogen.trainers import frozen_tokenizer  # noqa: E402
+from videogen.trainers import tokenizer as trainer  # noqa: E402
+
+KERNELS = {"onednn": onednn_conv, "group_norm": group_norm}
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402  (a sibling benchmark script)
@@ -121,38 +132,45 @@ def main():
         help="experiments[:args], comma-separated; ':recipe=reconstruction' drops GAN + LPIPS",
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--convolutions", default="onednn", help="onednn, xla, or both")
+    parser.add_argument(
+        "--kernels", default="onednn+group_norm", help="sets of onednn, group_norm; or none"
+    )
     args = parser.parse_args()
     peak = measure_matmul_gflops()
     print(
         f"float32 matmul peak: {peak['peak_gflops']:.0f} GFLOP/s "
         f"(numpy {peak['numpy_gflops']:.0f}, jax {peak['jax_gflops']:.0f})"
     )
-    convolutions = args.convolutions.split(",")
-    for conv in convolutions:
-        if conv not in ("onednn", "xla"):
-            raise SystemExit(f"--convolutions: {conv!r} is neither onednn nor xla.")
-        if conv == "onednn" and not onednn_conv.available():
-            raise SystemExit(f"oneDNN's convolution is not available: {onednn_conv.load()}")
+    settings = args.kernels.split(",")
+    for setting in settings:
+        for name in setting.split("+"):
+            if name != "none" and name not in KERNELS:
+                raise SystemExit(f"--kernels: {name!r} is none of {sorted(KERNELS)} or none.")
+            if name in KERNELS and not KERNELS[name].available():
+                raise SystemExit(f"the {name} kernel is not available: {KERNELS[name].load()}")
     rows = []
     for spec in args.configs.split(","):
-        for conv in convolutions:
-            # What `layers.use_onednn` asks at trace time; `measure` jits afresh.
-            with mock.patch.object(onednn_conv, "available", lambda conv=conv: conv == "onednn"):
+        for setting in settings:
+            # What `layers.use_onednn` / `use_group_norm_kernel` ask at trace time;
+            # `measure` jits afresh.
+            with contextlib.ExitStack() as stack:
+                for name, module in KERNELS.items():
+                    on = name in setting.split("+")
+                    stack.enter_context(mock.patch.object(module, "available", lambda on=on: on))
                 row = measure(spec, args.repeats)
-            row["convolutions"] = conv
+            row["kernels"] = setting
             for kind in ("train", "encode", "decode"):
                 row[f"{kind}_fraction_of_peak"] = row[f"{kind}_gflops_per_s"] / peak["peak_gflops"]
             rows.append(row)
             print(json.dumps(row, indent=1))
     print(
-        "\n| config | convolutions | clip | params | train steps/s | encode clips/s | decode clips/s | "
+        "\n| config | kernels | clip | params | train steps/s | encode clips/s | decode clips/s | "
         "train / encode / decode GFLOP/s | fraction of matmul peak |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['config']} | {r['convolutions']} | {r['batch']}x{'x'.join(map(str, r['clip']))} | {r['params'] / 1e6:.1f}M | "
+            f"| {r['config']} | {r['kernels']} | {r['batch']}x{'x'.join(map(str, r['clip']))} | {r['params'] / 1e6:.1f}M | "
             f"{r['train_steps_per_s']:.2f} | {r['encode_clips_per_s']:.1f} | {r['decode_clips_per_s']:.1f} | "
             f"{r['train_gflops_per_s']:.0f} / {r['encode_gflops_per_s']:.0f} / {r['decode_gflops_per_s']:.0f} | "
             f"{r['train_fraction_of_peak']:.2f} / {r['encode_fraction_of_peak']:.2f} / "

@@ -1,6 +1,6 @@
 """Builds and loads every CPU kernel, and says which are ready (setup.sh runs this).
 
-    python -m videogen.kernels
+python -m videogen.kernels
 """
 
 import sys

@@ -90,7 +90,9 @@ def _call(target: str, *args: jax.Array, groups: int, epsilon: float) -> jax.Arr
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def normalize(x: Float[Array, "b t h w c"], groups: int, epsilon: float) -> Float[Array, "b t h w c"]:
+def normalize(
+    x: Float[Array, "b t h w c"], groups: int, epsilon: float
+) -> Float[Array, "b t h w c"]:
     """`reference_normalize` of float32 ``x`` by the C++ kernel."""
     return _call(FORWARD, x, groups=groups, epsilon=epsilon)
 
