@@ -32,7 +32,8 @@ the same settings as glibc environment variables (`RETAIN_MEMORY_ENV`); without 
 each step re-faults its temporaries (``--malloc=default``). FLOPs: XLA's cost
 analysis of our compiled step; torch's `FlopCounterMode` over one of their
 forward + backward (it counts matmuls and convolutions only; Adam is not
-counted by torch; XLA counts it, well under 1 GFLOP). Peak memory: the
+counted by torch; XLA counts it, well under 1 GFLOP). Page faults and system
+time: per timed step (fresh pages faulted in are most of the system time). Peak memory: the
 child's resident-set high-water mark above its level before the first step
 (benchmarks/lfq.py). The float32 matmul peak is measured in this process before
 and after the rows; the larger is kept.
@@ -280,13 +281,14 @@ def run_child(python: str, child: str, variant: str, args, thesis: bool = False)
 
 def _row(name: str, r: dict, peak: float, reference_s: float | None) -> str:
     if r.get("over_limit"):
-        return f"| {name} | > memory limit | | | | | |"
+        return f"| {name} | > memory limit | | | | | | |"
     s = r["median_ms"] / 1e3
     gflops = r["flops"] / 1e9
     speed = f"{reference_s / s:.2f}" if reference_s else "-"
     return (
         f"| {name} | {r['params'] / 1e6:.1f}M | {s:.2f} | {gflops:.0f} | {gflops / s:.0f} | "
-        f"{gflops / s / peak:.2f} | {r['peak_mb'] / 1024:.2f} | {speed} |"
+        f"{gflops / s / peak:.2f} | {r['peak_mb'] / 1024:.2f} | {r['minor_faults'] / 1e3:.0f}k / "
+        f"{r['system_s']:.2f} | {speed} |"
     )
 
 
@@ -333,9 +335,9 @@ def main() -> None:
     )
     print(
         "\n| run | params | s / step | GFLOP / step | GFLOP/s | fraction of matmul peak | "
-        "peak memory GiB | speed-up vs theirs exact |"
+        "peak memory GiB | page faults / system s per step | speed-up vs theirs exact |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(_row(name, r, peak, reference_s))
 
