@@ -1,10 +1,6 @@
 """The C++ group-norm kernel (videogen/kernels/group_norm.py) against XLA's reference:
 values, first and second derivatives, the layer that uses it, when it is used, its errors."""
 
-import os
-import subprocess
-import sys
-
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -14,6 +10,7 @@ import pytest
 from videogen import sharding
 from videogen.kernels import build, group_norm
 from videogen.models import layers
+from python_child import run_python
 
 EPSILON = 1e-6
 
@@ -134,22 +131,13 @@ _ON_XLA = (
 )
 
 
-def _run_in_subprocess(**env) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", **env)
-    out = subprocess.run(
-        [sys.executable, "-c", _ON_XLA], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    return out
-
-
 def test_turned_off_runs_on_xla():
-    out = _run_in_subprocess(**{group_norm.DISABLE_VARIABLE: "0"})
+    out = run_python(_ON_XLA, **{group_norm.DISABLE_VARIABLE: "0"})
     assert "turned off by VIDEOGEN_GROUP_NORM_KERNEL=0" in out.stdout
 
 
 def test_a_machine_without_a_compiler_runs_on_xla_and_says_why(tmp_path):
-    out = _run_in_subprocess(CXX="no-such-compiler", **{build.CACHE_VARIABLE: str(tmp_path)})
+    out = run_python(_ON_XLA, CXX="no-such-compiler", **{build.CACHE_VARIABLE: str(tmp_path)})
     assert out.stderr.count("group-norm kernel unavailable, using XLA's norms") == 1, out.stderr
     assert "no C++ compiler" in out.stderr and "no C++ compiler" in out.stdout
     assert not list(tmp_path.iterdir())

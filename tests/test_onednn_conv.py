@@ -1,10 +1,7 @@
 """oneDNN's convolution (videogen/kernels/onednn_conv.py) against XLA's: values, first and
 second derivatives, the layer forms that use it, when it is used, and its errors."""
 
-import os
 import platform
-import subprocess
-import sys
 
 from flax import nnx
 import jax
@@ -15,6 +12,7 @@ import pytest
 from videogen import mfu, sharding
 from videogen.kernels import build, onednn_conv
 from videogen.models import layers
+from python_child import run_python
 
 # setup.sh installs oneDNN's Linux x86-64 wheels and builds the library; there it must load.
 ONEDNN_PLATFORM = platform.system() == "Linux" and platform.machine() == "x86_64"
@@ -180,23 +178,14 @@ _ON_XLA = (
 )
 
 
-def _run_without_onednn(**env) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", **env)
-    out = subprocess.run(
-        [sys.executable, "-c", _ON_XLA], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    return out
-
-
 def test_turned_off_runs_on_xla():
-    out = _run_without_onednn(**{onednn_conv.DISABLE_VARIABLE: "0"})
+    out = run_python(_ON_XLA, **{onednn_conv.DISABLE_VARIABLE: "0"})
     assert "turned off by VIDEOGEN_ONEDNN=0" in out.stdout
 
 
 def test_a_machine_that_cannot_build_it_runs_on_xla_and_says_why(tmp_path):
     """No compiler (and no library built before): XLA's convolution, the reason logged once."""
-    out = _run_without_onednn(CXX="no-such-compiler", **{build.CACHE_VARIABLE: str(tmp_path)})
+    out = run_python(_ON_XLA, CXX="no-such-compiler", **{build.CACHE_VARIABLE: str(tmp_path)})
     assert out.stderr.count("oneDNN convolution unavailable, using XLA's") == 1, out.stderr
     reason = "no C++ compiler" if ONEDNN_PLATFORM else "oneDNN's headers are not installed"
     assert reason in out.stderr and reason in out.stdout
