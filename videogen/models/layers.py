@@ -102,8 +102,9 @@ def use_onednn(x: jax.Array, kernel: jax.Array) -> bool:
 
 
 def use_group_norm_kernel() -> bool:
-    """Whether per-frame group norms run on the C++ kernel: `_on_one_cpu` and the library
-    is available. Decided at trace time (norms compute in float32 whatever the model's dtype)."""
+    """Whether group norms (per frame, or per clip as one tall frame) run on the C++ kernel:
+    `_on_one_cpu` and the library is available. Decided at trace time (norms compute in
+    float32 whatever the model's dtype)."""
     return _on_one_cpu() and group_norm.available()
 
 
