@@ -124,10 +124,10 @@ const std::pair<typename Primitive::primitive_desc, Primitive>& Backward(const S
 }
 
 // What a call needs only while it runs (oneDNN's scratchpad, a kernel in oneDNN's layout):
-// one buffer per thread and purpose, grown as needed and kept. Allocated afresh, each
-// freshly mapped page faulted on every call: with XLA's own temporaries, the system time
-// that made a 17x64x64 step take 3.0-4.1 s (BUILD_NOTES.md, issue 19). A thread runs one call
-// at a time, so its buffers are free again when the next one starts.
+// one buffer per thread and purpose, grown as needed and kept, so a call allocates nothing.
+// (Allocated afresh, large ones are mapped and faulted in on every call; most of a step's
+// page faults were XLA's own temporaries, which videogen/allocator.py keeps.) A thread runs
+// one call at a time, so its buffers are free again when the next one starts.
 enum Slot { kScratchpad, kWeights, kSlots };
 
 memory Temporary(const memory::desc& desc, Slot slot) {
