@@ -14,7 +14,8 @@ channels at full, 1/2, 1/4 and 1/8 resolution) and of the quickstart's video sta
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import sys
 from unittest import mock
 
 from videogen import allocator
@@ -29,6 +30,9 @@ import numpy as np  # noqa: E402
 from videogen.kernels import group_norm  # noqa: E402
 from videogen.models import layers  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tokenizer_profile import best_seconds  # noqa: E402  (a sibling benchmark script)
+
 # (b, t, h, w, c, groups): base32's four levels (8 groups, as the quickstart configs), the
 # quickstart video stage's widest.
 SHAPES = [
@@ -38,16 +42,6 @@ SHAPES = [
     (2, 5, 8, 8, 256, 8),
     (4, 9, 32, 32, 32, 8),
 ]
-
-
-def _time(fn, *args, repeats: int) -> tuple[float, object]:
-    out = jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def main() -> None:
@@ -71,7 +65,8 @@ def main() -> None:
             # `layers.use_group_norm_kernel` is asked at trace time: a fresh jit per setting.
             with mock.patch.object(group_norm, "available", lambda on=on: on):
                 step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-                times[name], outs[name] = _time(step, x, params, repeats=args.repeats)
+                times[name] = best_seconds(step, (x, params), args.repeats)
+                outs[name] = step(x, params)
         difference = max(
             float(np.max(np.abs(a - k)) / (np.max(np.abs(a)) + 1e-30))
             for a, k in zip(jax.tree.leaves(outs["xla"]), jax.tree.leaves(outs["kernel"]))
