@@ -28,7 +28,7 @@ Seconds per step: median of --repeats after --warmup steps (3: with freed memory
 kept, the heap settles over the first steps). ``--malloc=retain`` (default) runs both
 sides with glibc keeping freed memory for reuse: ours through
 `videogen.allocator.retain_freed_memory`, as `videogen.main` runs, the peer through
-the same settings as glibc environment variables (`RETAIN_MEMORY_ENV`); without it
+the same settings as glibc environment variables (`allocator.ENVIRONMENT`); without it
 each step re-faults its temporaries (``--malloc=default``). FLOPs: XLA's cost
 analysis of our compiled step; torch's `FlopCounterMode` over one of their
 forward + backward (it counts matmuls and convolutions only; Adam is not
@@ -225,15 +225,6 @@ def _run_theirs(args) -> dict:
     }
 
 
-# What `videogen.allocator.retain_freed_memory` sets, as glibc's environment variables,
-# for the peer's process (ours calls that function, as `videogen.main` does).
-RETAIN_MEMORY_ENV = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(2**62),
-}
-
-
 def child_main(args) -> None:
     if args.child == "ours" and args.malloc == "retain":
         from videogen import allocator
@@ -265,7 +256,11 @@ def run_child(python: str, child: str, variant: str, args, thesis: bool = False)
     ] + (["--thesis"] if thesis else [])
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     if args.malloc == "retain" and child == "theirs":
-        env.update(RETAIN_MEMORY_ENV)
+        # Ours calls `retain_freed_memory`, as `videogen.main` does; the peer gets the same
+        # settings as glibc's environment variables.
+        from videogen import allocator
+
+        env.update(allocator.ENVIRONMENT)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
     lines = [s for s in proc.stdout.splitlines() if s.startswith(RESULT_PREFIX)]

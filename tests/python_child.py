@@ -1,7 +1,7 @@
 """Running a snippet in a fresh Python process (a support module, not a test module).
 
-For what one process cannot undo once done: a kernel library loaded or refused, an
-environment variable read at start."""
+For what one process cannot undo once done: a kernel library loaded or refused, malloc's
+settings, an environment variable read at start."""
 
 import os
 import subprocess

@@ -1,20 +1,17 @@
 """`videogen.allocator`: glibc keeps freed memory, so a repeated large allocation stops
 page-faulting (what a train step's temporaries do)."""
 
-import os
 import platform
-import subprocess
-import sys
 
 import pytest
 
 from videogen import allocator
+from python_child import run_python
 
 # A child process: a 64 MB block (glibc would mmap it) allocated, touched and freed five times;
 # prints the minor page faults of the last three rounds.
 _ROUNDS = r"""
-import ctypes, os, resource, sys
-sys.path.insert(0, {root!r})
+import ctypes, resource
 from videogen import allocator
 print("set", allocator.retain_freed_memory())
 libc = ctypes.CDLL("libc.so.6")
@@ -37,21 +34,15 @@ glibc = pytest.mark.skipif(
 
 
 def _faults(**env) -> tuple[str, int]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", _ROUNDS.format(root=root)],
-        env=dict(os.environ, **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.split()
+    out = run_python(_ROUNDS, **env).stdout.split()
     return out[1], int(out[3])
 
 
 @glibc
 def test_freed_memory_is_reused_without_page_faults():
     assert _faults() == ("True", 0)
+    # The same settings as environment variables (what a process that cannot call it gets).
+    assert _faults(**allocator.ENVIRONMENT, **{allocator.DISABLE_VARIABLE: "0"}) == ("False", 0)
     # glibc's default unmaps the block on free: each round faults all 16,384 pages again.
     state, faults = _faults(**{allocator.DISABLE_VARIABLE: "0"})
     assert state == "False" and faults >= 3 * (64 << 20) // 4096

@@ -25,6 +25,14 @@ DISABLE_VARIABLE = "VIDEOGEN_RETAIN_MEMORY"
 # mallopt parameters from glibc's <malloc.h>.
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 NEVER = -1  # as M_TRIM_THRESHOLD: never give the heap's top back to the system
+# The same settings as glibc reads them from the environment when a process starts, for a
+# process that cannot call `retain_freed_memory` (benchmarks/tokenizer_vs_peer.py's peer).
+# Its trim threshold is a size, not a flag: "never" is a size no heap reaches.
+ENVIRONMENT = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(2**62),
+}
 
 
 def retain_freed_memory() -> bool:
