@@ -4,7 +4,10 @@
         [--kernels=onednn+group_norm,onednn,none]
 
 For each experiment config, times (best of --repeats after a compiled warm-up)
-  - the trainer's real jitted train step (forward, backward, Adam, EMA) on one batch,
+  - the trainer's real jitted train steps (forward, backward, Adam, EMA) on one batch: the
+    step without the discriminator and, where the config's GAN starts, the step with it;
+    the run's train steps/s weighs each by how many of the config's steps use it (until
+    the eleventh session only the GAN step was timed, also for stages that never run it),
   - `tokenize` (encode + LFQ) and `detokenize` (decode) on one batch,
 and divides each program's FLOPs (`mfu.program_cost`: XLA's cost analysis plus the
 oneDNN convolutions it cannot see) by its time. The ratio to the machine's float32 matmul peak, measured in the same run
@@ -74,6 +77,29 @@ def flops_of(jitted, *args) -> float:
     return mfu.program_cost(jitted.lower(*args).compile()).flops_per_device
 
 
+def split_specs(text: str) -> list[str]:
+    """``--configs`` split at commas; a piece with ``=`` but no experiment name continues the
+    previous config's arguments (``quickstart_tokenizer:image=true,recipe=reconstruction`` is
+    one config)."""
+    specs = []
+    for piece in text.split(","):
+        if specs and "=" in piece and ":" not in piece:
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return specs
+
+
+def phases(config) -> list[tuple[bool, int]]:
+    """The train-step programs a run of ``config`` uses, with how many steps each runs: the
+    step without the discriminator until ``loss.adversarial_start_step``, with it after
+    (`trainer.make_step`). A stage whose GAN never starts (the quickstart's image stage)
+    only ever runs the first."""
+    steps = config.num_train_steps
+    start = min(config.loss.adversarial_start_step, steps) if trainer.uses_gan(config) else steps
+    return [(adversarial, n) for adversarial, n in ((False, start), (True, steps - start)) if n]
+
+
 def measure(spec: str, repeats: int) -> dict:
     config = load_config(spec)
     b, t, r = config.batch_size, config.data.num_frames, config.data.resolution
@@ -83,14 +109,24 @@ def measure(spec: str, repeats: int) -> dict:
     lpips_graphdef, lpips_state = (
         nnx.split(lpips.load_lpips()) if config.loss.perceptual_weight > 0 else (None, None)
     )
-    step = jax.jit(
-        functools.partial(
-            trainer.train_step, graphdef, lpips_graphdef, config, schedule, trainer.uses_gan(config)
-        )
-    )
     batch = {"video": video}
-    step_flops = flops_of(step, state, lpips_state, batch)
-    step_seconds = best_seconds(lambda: step(state, lpips_state, batch), repeats)
+    # Each program the run uses, timed alone; the run's steps/s weighs them by their steps.
+    per_phase, run_seconds, run_flops = {}, 0.0, 0.0
+    for adversarial, steps in phases(config):
+        step = jax.jit(
+            functools.partial(
+                trainer.train_step, graphdef, lpips_graphdef, config, schedule, adversarial
+            )
+        )
+        step_flops = flops_of(step, state, lpips_state, batch)
+        step_seconds = best_seconds(lambda: step(state, lpips_state, batch), repeats)
+        per_phase["with_gan" if adversarial else "without_gan"] = {
+            "steps": steps,
+            "train_steps_per_s": 1 / step_seconds,
+            "train_gflops_per_s": step_flops / step_seconds / 1e9,
+        }
+        run_seconds += steps * step_seconds
+        run_flops += steps * step_flops
 
     model = nnx.merge(graphdef, state).model
     model_graphdef, model_state = nnx.split(model)
@@ -112,14 +148,24 @@ def measure(spec: str, repeats: int) -> dict:
         "clip": [t, r, r],
         "tokens": list(tokens.shape[1:]),
         "params": params,
-        "train_steps_per_s": 1 / step_seconds,
-        "train_clips_per_s": b / step_seconds,
-        "train_gflops_per_s": step_flops / step_seconds / 1e9,
+        "train_steps_per_s": config.num_train_steps / run_seconds,
+        "train_clips_per_s": b * config.num_train_steps / run_seconds,
+        "train_gflops_per_s": run_flops / run_seconds / 1e9,
+        "train_phases": per_phase,
         "encode_clips_per_s": b / encode_seconds,
         "encode_gflops_per_s": encode_flops / encode_seconds / 1e9,
         "decode_clips_per_s": b / decode_seconds,
         "decode_gflops_per_s": decode_flops / decode_seconds / 1e9,
     }
+
+
+def phase_rates(row: dict) -> str:
+    """``without / with`` GAN steps/s, ``-`` for a program the run does not use."""
+    timed = row["train_phases"]
+    return " / ".join(
+        f"{timed[k]['train_steps_per_s']:.2f}" if k in timed else "-"
+        for k in ("without_gan", "with_gan")
+    )
 
 
 def main():
@@ -129,7 +175,8 @@ def main():
     parser.add_argument(
         "--configs",
         default="quickstart_tokenizer,quickstart_tokenizer:recipe=reconstruction,magvit2_k600:runlocal",
-        help="experiments[:args], comma-separated; ':recipe=reconstruction' drops GAN + LPIPS",
+        help="experiments[:args], comma-separated; ':recipe=reconstruction' drops GAN + LPIPS; "
+        "':image=true' is the quickstart's image stage",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -149,7 +196,7 @@ def main():
             if name in KERNELS and not KERNELS[name].available():
                 raise SystemExit(f"the {name} kernel is not available: {KERNELS[name].load()}")
     rows = []
-    for spec in args.configs.split(","):
+    for spec in split_specs(args.configs):
         for setting in settings:
             # What `layers.use_onednn` / `use_group_norm_kernel` ask at trace time;
             # `measure` jits afresh.
@@ -164,14 +211,15 @@ def main():
             rows.append(row)
             print(json.dumps(row, indent=1))
     print(
-        "\n| config | kernels | clip | params | train steps/s | encode clips/s | decode clips/s | "
+        "\n| config | kernels | clip | params | train steps/s (run; without / with GAN) | "
+        "encode clips/s | decode clips/s | "
         "train / encode / decode GFLOP/s | fraction of matmul peak |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['config']} | {r['kernels']} | {r['batch']}x{'x'.join(map(str, r['clip']))} | {r['params'] / 1e6:.1f}M | "
-            f"{r['train_steps_per_s']:.2f} | {r['encode_clips_per_s']:.1f} | {r['decode_clips_per_s']:.1f} | "
+            f"{r['train_steps_per_s']:.2f} ({phase_rates(r)}) | {r['encode_clips_per_s']:.1f} | {r['decode_clips_per_s']:.1f} | "
             f"{r['train_gflops_per_s']:.0f} / {r['encode_gflops_per_s']:.0f} / {r['decode_gflops_per_s']:.0f} | "
             f"{r['train_fraction_of_peak']:.2f} / {r['encode_fraction_of_peak']:.2f} / "
             f"{r['decode_fraction_of_peak']:.2f} |"

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 import videogen  # noqa: F401  (package set-up: eager sharding off)
+from videogen import mfu
 from videogen.evaluation import lpips, weight_files
 
 SIZE = 64
@@ -116,6 +117,22 @@ def test_differentiable_in_inputs_and_frozen(model):
     features = jnp.zeros((1, 2, 2, 8)).at[0, 0, 0].set(1.0)
     g = jax.grad(lambda f: lpips.unit_normalize(f).sum())(features)
     assert np.all(np.isfinite(g))
+
+
+def test_gradient_runs_backward_over_the_differentiated_batch_only(model):
+    """A training loss differentiates only the reconstruction: the backward pass runs the
+    backbone over that batch alone, so the gradient program costs about 1.5x the forward
+    one (the forward over both batches plus one input gradient), not 2x."""
+    a, b = _structured_images(), _noisy(_structured_images(), 0.2, 11)
+    graphdef, state = nnx.split(model)
+    value = jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b).sum())
+    grad = jax.jit(jax.grad(lambda s, a, b: nnx.merge(graphdef, s)(a, b).sum(), argnums=1))
+
+    def flops(fn):
+        return mfu.program_cost(fn.lower(state, a, b).compile()).flops_per_device
+
+    ratio = flops(grad) / flops(value)
+    assert 1.4 < ratio < 1.6, ratio
 
 
 def test_user_path_and_corrupted_file(model, distance, tmp_path):

@@ -166,12 +166,15 @@ class LPIPS(nnx.Module):
             )
         shift = jnp.asarray(INPUT_SHIFT, jnp.float32)
         scale = jnp.asarray(INPUT_SCALE, jnp.float32)
-        # One backbone pass over both batches: one larger convolution per layer.
-        x = (jnp.concatenate([a, b]).astype(jnp.float32) - shift) / scale
-        batch = a.shape[0]
-        total = jnp.zeros((batch,), jnp.float32)
-        for tap, head in zip(self.features(x), self.heads):
-            diff = jnp.square(unit_normalize(tap[:batch]) - unit_normalize(tap[batch:]))
+        # One backbone pass per batch, not one over both: a training loss differentiates
+        # only the reconstruction, and its backward pass then runs over that batch alone
+        # (a concatenated pass would run it over both; at 16 32x32 images the gradient
+        # took 223 ms that way against 168 ms, and the forward 96 against 106 ms).
+        features_a = self.features((a.astype(jnp.float32) - shift) / scale)
+        features_b = self.features((b.astype(jnp.float32) - shift) / scale)
+        total = jnp.zeros((a.shape[0],), jnp.float32)
+        for tap_a, tap_b, head in zip(features_a, features_b, self.heads):
+            diff = jnp.square(unit_normalize(tap_a) - unit_normalize(tap_b))
             # The head is linear, so averaging over space before it is exact
             # and replaces an [h, w, c] x [c] product by a [c] x [c] one.
             total = total + jnp.mean(diff, axis=(1, 2)) @ head[...]
