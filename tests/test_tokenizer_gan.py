@@ -49,8 +49,10 @@ def _reference_gradients(config, state, perceptual, video):
         frames = trainer.perceptual_frames(
             step, video.shape[1], video.shape[0], loss.perceptual_frames_per_clip
         )
-        a = jnp.stack([recon[i, frames[i]] for i in range(video.shape[0])])
-        b = jnp.stack([video[i, frames[i]] for i in range(video.shape[0])])
+        # ... of the clips it sees (1 random one of 2 here).
+        clips = trainer.perceptual_clips(step, video.shape[0], loss.perceptual_clips_per_batch)
+        a = jnp.stack([recon[i, frames[i]] for i in clips])
+        b = jnp.stack([video[i, frames[i]] for i in clips])
         total += loss.perceptual_weight * jnp.mean(perceptual.video(a, b))
         total += loss.generator_adversarial_weight * gan_losses.generator_loss(disc(recon), kind)
         return total, recon
@@ -95,6 +97,7 @@ def gradients_at(setup):
     config, state, perceptual, video = setup
     config.unlock()
     config.loss.adversarial_start_step = START
+    config.loss.perceptual_clips_per_batch = 1
     assert config.loss.perceptual_frames_per_clip == 2
 
     @nnx.jit
@@ -179,3 +182,13 @@ def test_perceptual_frames_are_distinct_and_depend_on_the_step_only():
     np.testing.assert_array_equal(a, np.asarray(trainer.perceptual_frames(jnp.int32(7), 9, 4, 2)))
     assert not np.array_equal(a, np.asarray(trainer.perceptual_frames(jnp.int32(8), 9, 4, 2)))
     assert trainer.perceptual_frames(jnp.int32(7), 9, 4, None) is None  # the thesis: every frame
+
+
+def test_perceptual_clips_are_distinct_and_depend_on_the_step_only():
+    a = np.asarray(trainer.perceptual_clips(jnp.int32(7), 16, 8))
+    assert a.shape == (8,) and len(set(a)) == 8 and a.max() < 16
+    np.testing.assert_array_equal(a, np.asarray(trainer.perceptual_clips(jnp.int32(7), 16, 8)))
+    assert not np.array_equal(a, np.asarray(trainer.perceptual_clips(jnp.int32(8), 16, 8)))
+    assert trainer.perceptual_clips(jnp.int32(7), 16, None) is None  # the thesis: every clip
+    with pytest.raises(ValueError, match="perceptual_clips_per_batch=0"):
+        trainer.perceptual_clips(jnp.int32(7), 16, 0)

@@ -257,6 +257,8 @@ def tokenizer_config() -> ml_collections.ConfigDict:
             perceptual_weight=0.1,  # LPIPS-VGG16 per frame; 0 turns it off
             # None: every frame (thesis); n: n random frames per clip.
             perceptual_frames_per_clip=optional(None, int),
+            # None: every clip of the batch (thesis); n: n random clips of it.
+            perceptual_clips_per_batch=optional(None, int),
             lecam_weight=0.001,
             lecam_ema_decay=0.999,  # not in the thesis (LeCAM paper's default)
         )
