@@ -10,7 +10,6 @@ per second (the real-time factor).
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -20,17 +19,9 @@ from flax import nnx
 from videogen.evaluation.audio_metrics import multiscale_spectral_distance
 from videogen.models.audio_tokenizer import SoundStreamTokenizer
 
+from timing import best_seconds  # a sibling module (benchmarks/ is the script's directory)
+
 NUM_SAMPLES = 34_000
-
-
-def best_time(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -58,16 +49,16 @@ def main() -> None:
 
         return jax.grad(loss)(params)
 
-    train = best_time(lambda: grad(params, rest, audio), args.repeats)
+    train = best_seconds(lambda: grad(params, rest, audio), repeats=args.repeats)
     model.eval()
     eval_graphdef, state = nnx.split(model)
     forward = jax.jit(lambda s, a: nnx.merge(eval_graphdef, s)(a)[0])
-    infer = best_time(lambda: forward(state, audio), args.repeats)
+    infer = best_seconds(lambda: forward(state, audio), repeats=args.repeats)
     tokenize = jax.jit(lambda s, a: nnx.merge(eval_graphdef, s).tokenize(a))
     tokens = tokenize(state, audio)
     detokenize = jax.jit(lambda s, t: nnx.merge(eval_graphdef, s).detokenize(t, NUM_SAMPLES))
-    encode = best_time(lambda: tokenize(state, audio), args.repeats)
-    decode = best_time(lambda: detokenize(state, tokens), args.repeats)
+    encode = best_seconds(lambda: tokenize(state, audio), repeats=args.repeats)
+    decode = best_seconds(lambda: detokenize(state, tokens), repeats=args.repeats)
     seconds = args.batch * NUM_SAMPLES / 16_000
     print(
         f"batch {args.batch} x 2.125 s: tokenize {encode * 1e3:.0f} ms "

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402
-from tokenizer_profile import best_seconds  # noqa: E402  (sibling benchmarks)
+from timing import best_seconds  # noqa: E402  (a sibling module)
 
 from videogen.kernels import onednn_conv  # noqa: E402
 from videogen.models import layers  # noqa: E402
@@ -59,8 +59,8 @@ def measure(shape: tuple[int, ...], repeats: int) -> dict:
         forward = jax.jit(conv)
         backward = jax.jit(lambda x, kernel, dy, conv=conv: jax.vjp(conv, x, kernel)[1](dy))
         values[name] = (forward(x, kernel), *backward(x, kernel, dy))
-        row[f"{name}_forward_s"] = best_seconds(forward, (x, kernel), repeats)
-        row[f"{name}_backward_s"] = best_seconds(backward, (x, kernel, dy), repeats)
+        row[f"{name}_forward_s"] = best_seconds(forward, x, kernel, repeats=repeats)
+        row[f"{name}_backward_s"] = best_seconds(backward, x, kernel, dy, repeats=repeats)
     for name in ("onednn_taps", "onednn"):
         for label, ours, theirs in zip(("y", "dx", "dk"), values[name], values["xla"]):
             row[f"{name}_{label}_relative_error"] = float(

@@ -57,6 +57,7 @@ from videogen.trainers import frozen_tokenizer, maskgit, videopoet
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402  (a sibling benchmark script)
+from timing import best_of  # noqa: E402
 from tokenizer_throughput import load_config  # noqa: E402  (experiments/<name>.py[:arg])
 
 # The tokenizer architecture each experiment is trained on (video; audio for VideoPoet).
@@ -75,16 +76,6 @@ SAMPLING = dict(temperature=1.0, top_k=0, top_p=1.0)
 def flops_of(jitted, *args) -> float:
     """FLOPs of ``jitted`` compiled for ``args`` (arrays or shape structs), `mfu.program_cost`'s."""
     return mfu.program_cost(jitted.lower(*args).compile()).flops_per_device
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    """Fastest of ``repeats`` synchronised runs of ``fn`` and the last result."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def measure_magvit(spec: str, batch: int, repeats: int) -> list[dict]:
@@ -129,7 +120,7 @@ def measure_magvit(spec: str, batch: int, repeats: int) -> list[dict]:
     forward = jax.jit(lambda state, z, p: nnx.merge(graphdef, state)(z, p, deterministic=True))
     flops = flops_of(forward, state, condition, prefix) * decoding.num_steps
     jax.block_until_ready(compiled(*args))  # warm-up
-    seconds, _ = best_of(lambda: compiled(*args), repeats)
+    seconds, _ = best_of(lambda: compiled(*args), repeats=repeats, warmup=0)
     tokens = setup.num_tokens
     return [
         {
@@ -243,7 +234,9 @@ def measure_videopoet(spec: str, batch: int, repeats: int, uncached_seconds: flo
     start = time.perf_counter()
     jax.block_until_ready(sample(model, layout_batch, key, **SAMPLING))
     print(f"  KV cache: compile + first run {time.perf_counter() - start:.1f} s", flush=True)
-    seconds, cached = best_of(lambda: sample(model, layout_batch, key, **SAMPLING), repeats)
+    seconds, cached = best_of(
+        lambda: sample(model, layout_batch, key, **SAMPLING), repeats=repeats, warmup=0
+    )
     rows = [
         row
         | {
@@ -277,7 +270,9 @@ def measure_videopoet(spec: str, batch: int, repeats: int, uncached_seconds: flo
     per_token = time.perf_counter() - start
     count = int(np.clip(uncached_seconds // per_token, 1, steps))
     print(f"  no cache: {per_token:.2f} s for one token; timing {count}", flush=True)
-    seconds, drawn = best_of(lambda: compiled(state, data, key, jnp.int32(count)), repeats)
+    seconds, drawn = best_of(
+        lambda: compiled(state, data, key, jnp.int32(count)), repeats=repeats, warmup=0
+    )
     same = np.asarray(drawn)[:, p : p + count] == np.asarray(cached)[:, p : p + count]
     print(f"  no cache drew the KV-cache sampler's tokens: {same.sum()}/{same.size}", flush=True)
     rows.append(

@@ -31,7 +31,7 @@ from videogen.kernels import group_norm  # noqa: E402
 from videogen.models import layers  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tokenizer_profile import best_seconds  # noqa: E402  (a sibling benchmark script)
+from timing import best_seconds  # noqa: E402  (a sibling module)
 
 # (b, t, h, w, c, groups): base32's four levels (8 groups, as the quickstart configs), the
 # quickstart video stage's widest.
@@ -65,7 +65,7 @@ def main() -> None:
             # `layers.use_group_norm_kernel` is asked at trace time: a fresh jit per setting.
             with mock.patch.object(group_norm, "available", lambda on=on: on):
                 step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-                times[name] = best_seconds(step, (x, params), args.repeats)
+                times[name] = best_seconds(step, x, params, repeats=args.repeats)
                 outs[name] = step(x, params)
         difference = max(
             float(np.max(np.abs(a - k)) / (np.max(np.abs(a)) + 1e-30))

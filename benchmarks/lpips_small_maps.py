@@ -14,7 +14,6 @@ both give the same distances.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import numpy as np
@@ -22,15 +21,7 @@ from flax import nnx
 
 from videogen.evaluation import lpips
 
-
-def best_seconds(fn, *args, repeats: int = 5) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
+from timing import best_seconds  # a sibling module (benchmarks/ is the script's directory)
 
 
 def measure(size: int, pairs: int, small_map: int) -> tuple[float, float, np.ndarray]:
@@ -42,8 +33,8 @@ def measure(size: int, pairs: int, small_map: int) -> tuple[float, float, np.nda
     forward = jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))
     gradient = jax.jit(jax.grad(lambda a, s, b: nnx.merge(graphdef, s)(a, b).mean()))
     return (
-        best_seconds(forward, state, a, b),
-        best_seconds(gradient, a, state, b),
+        best_seconds(forward, state, a, b, repeats=5),
+        best_seconds(gradient, a, state, b, repeats=5),
         np.asarray(forward(state, a, b)),
     )
 

@@ -18,7 +18,6 @@ names the kernel; `OPENBLAS_CORETYPE=SkylakeX` forces the AVX-512 one. Use
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,16 +27,7 @@ import numpy as np
 # portable way to ask numpy's BLAS which kernel it chose.
 from threadpoolctl import threadpool_info
 
-
-def _best_seconds(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from timing import best_seconds  # a sibling module (benchmarks/ is the script's directory)
 
 
 def measure_matmul_gflops(n: int = 2048, repeats: int = 10, warmup: int = 2) -> dict:
@@ -53,7 +43,7 @@ def measure_matmul_gflops(n: int = 2048, repeats: int = 10, warmup: int = 2) -> 
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
 
-    numpy_seconds = _best_seconds(lambda: a @ b, repeats, warmup)
+    numpy_seconds = best_seconds(lambda: a @ b, repeats=repeats, warmup=warmup)
 
     device = jax.devices("cpu")[0]
     ja, jb = jax.device_put(a, device), jax.device_put(b, device)
@@ -61,7 +51,7 @@ def measure_matmul_gflops(n: int = 2048, repeats: int = 10, warmup: int = 2) -> 
     # float32 on CPU, but stating it keeps the number comparable across releases.
     matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST))
     # Warm-up includes compilation, which must not be timed.
-    jax_seconds = _best_seconds(lambda: matmul(ja, jb).block_until_ready(), repeats, max(warmup, 1))
+    jax_seconds = best_seconds(matmul, ja, jb, repeats=repeats, warmup=max(warmup, 1))
 
     blas = [
         f"{i['internal_api']} {i.get('version')} {i.get('architecture', '')}".strip()

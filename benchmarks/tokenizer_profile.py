@@ -31,7 +31,6 @@ import collections
 import functools
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +39,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402
+from timing import best_seconds  # noqa: E402
 from tokenizer_vs_peer import our_config  # noqa: E402
 
 from videogen import mfu, optim  # noqa: E402
@@ -99,16 +99,6 @@ def record_inputs(model: nnx.Module, video_shape) -> dict[int, tuple]:
     return seen
 
 
-def best_seconds(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def flops_of(fn, args) -> float:
     return mfu.program_cost(fn.lower(*args).compile()).flops_per_device
 
@@ -132,8 +122,8 @@ def time_module(module: nnx.Module, shapes: tuple, repeats: int) -> dict:
     fwd_bwd = jax.jit(jax.grad(loss, argnums=tuple(range(len(inputs) + 1))))
     args = (params, *inputs)
     return {
-        "forward_s": best_seconds(fwd, args, repeats),
-        "forward_backward_s": best_seconds(fwd_bwd, args, repeats),
+        "forward_s": best_seconds(fwd, *args, repeats=repeats),
+        "forward_backward_s": best_seconds(fwd_bwd, *args, repeats=repeats),
         "forward_backward_flops": flops_of(fwd_bwd, args),
     }
 
@@ -148,7 +138,7 @@ def time_train_step(config, repeats: int) -> dict[str, float]:
     step = functools.partial(trainer.train_step, graphdef, None, config, schedule, False)
     compiled = jax.jit(step).lower(*args).compile()
     return {
-        "seconds": best_seconds(compiled, args, repeats),
+        "seconds": best_seconds(compiled, *args, repeats=repeats),
         "flops": mfu.program_cost(compiled).flops_per_device,
     }
 

@@ -29,7 +29,6 @@ import functools
 import json
 import os
 import sys
-import time
 from unittest import mock
 
 from videogen import allocator
@@ -52,6 +51,7 @@ KERNELS = {"onednn": onednn_conv, "group_norm": group_norm}
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402  (a sibling benchmark script)
+from timing import best_seconds  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,16 +61,6 @@ def load_config(spec: str):
     name, _, arg = spec.partition(":")
     path = os.path.join(ROOT, "experiments", f"{name}.py")
     return config_lib.load_experiment(path).get_config(arg or None)
-
-
-def best_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile + warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def flops_of(jitted, *args) -> float:
@@ -119,7 +109,7 @@ def measure(spec: str, repeats: int) -> dict:
             )
         )
         step_flops = flops_of(step, state, lpips_state, batch)
-        step_seconds = best_seconds(lambda: step(state, lpips_state, batch), repeats)
+        step_seconds = best_seconds(step, state, lpips_state, batch, repeats=repeats)
         per_phase["with_gan" if adversarial else "without_gan"] = {
             "steps": steps,
             "train_steps_per_s": 1 / step_seconds,
@@ -135,8 +125,8 @@ def measure(spec: str, repeats: int) -> dict:
     )
     tokens = encode(model_state, video)
     decode = jax.jit(lambda s, i: nnx.merge(model_graphdef, s).detokenize(i))
-    encode_seconds = best_seconds(lambda: encode(model_state, video), repeats)
-    decode_seconds = best_seconds(lambda: decode(model_state, tokens), repeats)
+    encode_seconds = best_seconds(encode, model_state, video, repeats=repeats)
+    decode_seconds = best_seconds(decode, model_state, tokens, repeats=repeats)
     encode_flops, decode_flops = (
         flops_of(encode, model_state, video),
         flops_of(decode, model_state, tokens),

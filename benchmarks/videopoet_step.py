@@ -36,7 +36,8 @@ from flax import nnx  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_peak import measure_matmul_gflops  # noqa: E402
-from tokenizer_profile import best_seconds, flops_of  # noqa: E402  (sibling benchmarks)
+from timing import best_seconds  # noqa: E402  (sibling modules)
+from tokenizer_profile import flops_of  # noqa: E402
 from tokenizer_throughput import load_config  # noqa: E402
 
 from videogen import memory_plan, sharding  # noqa: E402
@@ -151,7 +152,7 @@ def profile(config, repeats: int) -> tuple[list[tuple[str, float, float]], int, 
         ("stack fwd+bwd", stack_grad, (stack_params, hidden)),
         ("head fwd+bwd", head_grad, (params, hidden)),
     ):
-        rows.append((name, best_seconds(fn, args, repeats), gflops(fn, args)))
+        rows.append((name, best_seconds(fn, *args, repeats=repeats), gflops(fn, args)))
     # Last: the step donates the state, whose arrays the pieces above read.
     program = videopoet.jit_train_step(config, setup, graphdef, shardings, mesh)
     placed_state = jax.device_put(state, shardings)
@@ -190,7 +191,7 @@ def dense_forms(config, length: int, vocab: int, repeats: int) -> list[tuple[str
         ):
             grad = jax.jit(jax.grad(lambda x, k, f=fn: jnp.sum(f(x, k) ** 2), argnums=(0, 1)))
             args = (x, kernel)
-            seconds = best_seconds(grad, args, repeats)
+            seconds = best_seconds(grad, *args, repeats=repeats)
             rows.append((f"{name} fwd+bwd, {form}", seconds, gflops(grad, args)))
     return rows
 
