@@ -157,7 +157,8 @@ def perceptual_clips(step: jax.Array, batch: int, count: int | None) -> Int[Arra
     """Clips of the batch LPIPS is taken on: all (None) if count is None, else `count` random
     ones, a function of the step only (as `perceptual_frames`). On single frames LPIPS is
     most of the step (the quickstart's image stage: VGG16 on 16 32x32 images is 3x its
-    tokenizer), and half the clips give an unbiased estimate of the whole batch's loss."""
+    tokenizer), and half the clips give an unbiased estimate of the whole batch's loss.
+    (On a batch split over devices the chosen clips are gathered: a CPU-scale option.)"""
     if count is None or count >= batch:
         return None
     if count < 1:
