@@ -31,7 +31,7 @@ from videogen.kernels import group_norm  # noqa: E402
 from videogen.models import layers  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import best_seconds  # noqa: E402  (a sibling module)
+from timing import best_of  # noqa: E402  (a sibling module)
 
 # (b, t, h, w, c, groups): base32's four levels (8 groups, as the quickstart configs), the
 # quickstart video stage's widest.
@@ -65,8 +65,7 @@ def main() -> None:
             # `layers.use_group_norm_kernel` is asked at trace time: a fresh jit per setting.
             with mock.patch.object(group_norm, "available", lambda on=on: on):
                 step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-                times[name] = best_seconds(step, x, params, repeats=args.repeats)
-                outs[name] = step(x, params)
+                times[name], outs[name] = best_of(step, x, params, repeats=args.repeats)
         difference = max(
             float(np.max(np.abs(a - k)) / (np.max(np.abs(a)) + 1e-30))
             for a, k in zip(jax.tree.leaves(outs["xla"]), jax.tree.leaves(outs["kernel"]))
