@@ -86,7 +86,8 @@ def phases(config) -> list[tuple[bool, int]]:
     (`trainer.make_step`). A stage whose GAN never starts (the quickstart's image stage)
     only ever runs the first."""
     steps = config.num_train_steps
-    start = min(config.loss.adversarial_start_step, steps) if trainer.uses_gan(config) else steps
+    start = trainer.first_adversarial_step(config)
+    start = steps if start is None else min(start, steps)
     return [(adversarial, n) for adversarial, n in ((False, start), (True, steps - start)) if n]
 
 

@@ -67,6 +67,12 @@ def uses_gan(config: ml_collections.ConfigDict) -> bool:
     return config.loss.generator_adversarial_weight > 0
 
 
+def first_adversarial_step(config: ml_collections.ConfigDict) -> int | None:
+    """The step from which a run's train step includes the discriminator (`make_step`);
+    None without the GAN."""
+    return config.loss.adversarial_start_step if uses_gan(config) else None
+
+
 def build_discriminator(config: ml_collections.ConfigDict) -> nnx.Module:
     """The 3D StyleGAN discriminator for the training clips; trained from scratch (thesis 5.4.2)."""
     return discriminator_models.StyleGANDiscriminator3d(
@@ -596,8 +602,10 @@ def make_step(
         for adversarial in (False, True)
     }
 
+    start = first_adversarial_step(config)
+
     def step_fn(state, batch, step):
-        adversarial = uses_gan(config) and step >= config.loss.adversarial_start_step
+        adversarial = start is not None and step >= start
         return jitted_steps[adversarial](state, lpips_state, batch)
 
     return step_fn
