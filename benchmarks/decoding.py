@@ -14,9 +14,10 @@ MAGVIT: one jitted `commit_decode` of the frame-prediction task; every step is a
 forward pass over [task, class, visual tokens], as in the thesis.
 
 VideoPoet: the experiment's prefix LM and vocabulary sample the 1280 output tokens of
-text-to-video on magvit2_k600's token grid (5x16x16 codes; 5x16x8 codes of 2 sub-tokens
-each for a factorized vocabulary such as the quickstart's), after a prefix whose text slots
-hold random embeddings; temperature 1, no top-k / top-p, no guidance.
+text-to-video on magvit2_k600's token grid (5x16x16 codes, one position each; with a
+factorized vocabulary such as the quickstart's each position draws its 2 sub-tokens),
+after a prefix whose text slots hold random embeddings; temperature 1, no top-k / top-p,
+no guidance.
 - KV cache: `sampling.autoregressive.sample` (prefill, then one cached step per token, in
   one jit), every output token, timed after a warm-up call that compiles it.
 - no cache: every token recomputes the stack's forward pass over the whole sequence (the
@@ -48,7 +49,7 @@ import numpy as np
 
 from videogen import mfu
 from videogen.models.prefix_lm import PrefixLM
-from videogen.sampling.autoregressive import sample, sample_token
+from videogen.sampling.autoregressive import draw_position, sample
 from videogen.sampling.non_autoregressive import commit_decode
 from videogen.tasks import commit_tokens
 from videogen.tasks.videopoet_layout import LayoutBatch, SequenceLayout, TaskInputs
@@ -151,15 +152,9 @@ def videopoet_inputs(config, spec: str, batch: int) -> tuple[Vocabulary, LayoutB
         audio_levels=config.audio.levels,
         audio_codebook_size=load_config(AUDIO_TOKENIZER_OF[name]).model.codebook_size,
     )
-    t, h, w = OUTPUT_GRID
-    if w % factors:
-        raise ValueError(
-            f"{spec}: visual_factors={factors} must divide the grid width {w} to keep "
-            f"{t * h * w} output tokens."
-        )
     layout = SequenceLayout(
         vocab,
-        (t, h, w // factors),
+        OUTPUT_GRID,
         ("t2v",),
         text_dim=config.text.dim,
         max_text_tokens=config.text.max_tokens,
@@ -176,15 +171,20 @@ def sequence_mask(model: PrefixLM, batch: LayoutBatch) -> jax.Array:
 
 
 def uncached_step(
-    model: PrefixLM, batch: LayoutBatch, key: jax.Array, tokens: jax.Array, position
-) -> jax.Array:
-    """``tokens`` with the one at ``position`` drawn from a full pass over the sequence."""
-    x = model.embed(tokens, batch.text_embeddings, batch.text_mask, batch.text_positions)
+    model: PrefixLM, batch: LayoutBatch, key: jax.Array, tokens: tuple, position
+) -> tuple[jax.Array, jax.Array]:
+    """``(tokens, factor_tokens)`` with position ``position``'s ids drawn from a full pass
+    over the sequence."""
+    tokens, factor_tokens = tokens
+    text = (batch.text_embeddings, batch.text_mask, batch.text_positions)
+    x = model.embed(tokens, factor_tokens, *text)
     hidden = model.stack(x, sequence_mask(model, batch), rotary=model.rotary(tokens.shape[1]))
-    logits = model.logits(jax.lax.dynamic_slice_in_dim(hidden, position - 1, 1, axis=1))[:, 0]
+    hidden = jax.lax.dynamic_slice_in_dim(hidden, position - 1, 1, axis=1)[:, 0]
     allowed = batch.next_range[:, position - 1]
-    token = sample_token(jax.random.fold_in(key, position), logits, allowed, **SAMPLING)
-    return tokens.at[:, position].set(token)
+    token, factors = draw_position(
+        model, hidden, allowed, jax.random.fold_in(key, position), **SAMPLING
+    )
+    return tokens.at[:, position].set(token), factor_tokens.at[:, position].set(factors)
 
 
 def measure_videopoet(spec: str, batch: int, repeats: int, uncached_seconds: float) -> list[dict]:
@@ -195,6 +195,7 @@ def measure_videopoet(spec: str, batch: int, repeats: int, uncached_seconds: flo
             vocab_size=vocab.size,
             pad_id=vocab.pad_id,
             text_dim=config.text.dim,
+            factor_ranges=videopoet.factor_ranges(vocab),
             **videopoet.model_sizes(config.model),
             rngs=nnx.Rngs(jax.random.key(0, impl="rbg")),
         )
@@ -203,13 +204,13 @@ def measure_videopoet(spec: str, batch: int, repeats: int, uncached_seconds: flo
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     data = LayoutBatch(*(jnp.asarray(a) for a in layout_batch))
     p = int(layout_batch.prefix_length[0])
-    visual = int(layout_batch.loss_mask[0].sum()) - 2  # the outputs but <eov_o> <eos>
+    visual = int(layout_batch.loss_mask[0].sum()) - 2  # the outputs but <eov_o> <eos>: codes
     length = data.tokens.shape[1]
     key = jax.random.key(0)
     factors = vocab.visual_factors
     t, h, w = OUTPUT_GRID
-    output = f"{t}x{h}x{w // factors} codes" + (f" x {factors} sub-tokens" if factors > 1 else "")
-    output = f"{output} = {visual} ids, + <eov_o> <eos>"
+    output = f"{t}x{h}x{w} codes" + (f" of {factors} sub-tokens" if factors > 1 else "")
+    output = f"{output} = {visual} positions, + <eov_o> <eos>"
     row = {"config": spec, "params": params, "output": output, "batch": batch}
     print(f"  {spec}: {params / 1e6:.1f}M parameters, sequence of {length} ids", flush=True)
 
@@ -219,17 +220,19 @@ def measure_videopoet(spec: str, batch: int, repeats: int, uncached_seconds: flo
         m = nnx.merge(graphdef, state)
         cache = m.init_cache(batch, length)
         text = (data.text_embeddings, data.text_mask, data.text_positions)
-        return m.prefill(data.tokens[:, :p], sequence_mask(m, data), cache, *text)
+        prefix = (data.tokens[:, :p], data.factor_tokens[:, :p])
+        return m.prefill(*prefix, sequence_mask(m, data), cache, *text)
 
-    def cached_step(state, data, cache, token):
+    def cached_step(state, data, cache, token, factors):
         m = nnx.merge(graphdef, state)
-        return m.decode_step(token, sequence_mask(m, data), cache)
+        return m.decode_step(token, factors, sequence_mask(m, data), cache)
 
     _, cache = jax.eval_shape(prefill, state, data)
     token = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    factors_in = jax.ShapeDtypeStruct((batch, factors - 1), jnp.int32)
     steps = visual + 2
     cached_flops = flops_of(jax.jit(prefill), state, data) + (steps - 1) * flops_of(
-        jax.jit(cached_step), state, data, cache, token
+        jax.jit(cached_step), state, data, cache, token, factors_in
     )
     start = time.perf_counter()
     jax.block_until_ready(sample(model, layout_batch, key, **SAMPLING))
@@ -253,7 +256,10 @@ def measure_videopoet(spec: str, batch: int, repeats: int, uncached_seconds: flo
     def uncached(state, data, key, count):
         m = nnx.merge(graphdef, state)
         return jax.lax.fori_loop(
-            p, p + count, lambda q, toks: uncached_step(m, data, key, toks, q), data.tokens
+            p,
+            p + count,
+            lambda q, toks: uncached_step(m, data, key, toks, q),
+            (data.tokens, data.factor_tokens),
         )
 
     step_flops = flops_of(
@@ -261,7 +267,7 @@ def measure_videopoet(spec: str, batch: int, repeats: int, uncached_seconds: flo
         state,
         data,
         key,
-        data.tokens,
+        (data.tokens, data.factor_tokens),
         jnp.int32(p),
     )
     compiled = uncached.lower(state, data, key, jnp.int32(1)).compile()
@@ -273,7 +279,7 @@ def measure_videopoet(spec: str, batch: int, repeats: int, uncached_seconds: flo
     seconds, drawn = best_of(
         lambda: compiled(state, data, key, jnp.int32(count)), repeats=repeats, warmup=0
     )
-    same = np.asarray(drawn)[:, p : p + count] == np.asarray(cached)[:, p : p + count]
+    same = np.asarray(drawn[0])[:, p : p + count] == cached.tokens[:, p : p + count]
     print(f"  no cache drew the KV-cache sampler's tokens: {same.sum()}/{same.size}", flush=True)
     rows.append(
         row

@@ -13,7 +13,7 @@ of --repeats after a warm-up call:
   forward           the model's logits on those sequences;
   loss fwd+bwd      forward, the output-token loss and its gradients (no optimizer);
   stack fwd+bwd     the transformer stack alone (its input's and parameters' gradients);
-  head fwd+bwd      the tied logits and the log-softmax loss alone;
+  head fwd+bwd      the tied logits (and visual factor heads) and the loss alone;
 with XLA's FLOPs of each compiled program, the achieved GFLOP/s and its share of the
 float32 matmul peak measured in the same run (benchmarks/matmul_peak.py). Compare the
 rows of one run: on a shared machine the absolute times move with the load.
@@ -42,7 +42,7 @@ from tokenizer_throughput import load_config  # noqa: E402
 
 from videogen import memory_plan, sharding  # noqa: E402
 from videogen.models import transformer  # noqa: E402
-from videogen.models.prefix_lm import next_token_nll  # noqa: E402
+from videogen.models.prefix_lm import Predictions, prefix_lm_loss  # noqa: E402
 from videogen.trainers import videopoet  # noqa: E402
 
 NUM_CAPTIONS = 64
@@ -106,16 +106,19 @@ def profile(config, repeats: int) -> tuple[list[tuple[str, float, float]], int, 
         m = nnx.merge(model_graphdef, params, model_rest)
         return m(
             seq["tokens"],
+            seq["factor_tokens"],
             seq["prefix_length"],
             seq["text_embeddings"],
             seq["text_mask"],
             seq["text_positions"],
         )
 
+    starts = jnp.asarray([lo for lo, _ in model.factor_ranges], jnp.int32)
+    targets = (seq["tokens"], seq["factor_tokens"], seq["loss_mask"])
+
     def loss_of(params, seq):
-        nll = next_token_nll(logits_of(params, seq), seq["tokens"])
-        weights = seq["loss_mask"][:, 1:].astype(jnp.float32)
-        return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+        predictions = logits_of(params, seq)
+        return prefix_lm_loss(predictions, *targets, factor_starts=starts, pad_id=model.pad_id)
 
     forward = jax.jit(logits_of)
     loss_grad = jax.jit(jax.value_and_grad(loss_of))
@@ -139,8 +142,9 @@ def profile(config, repeats: int) -> tuple[list[tuple[str, float, float]], int, 
 
     def head_loss(params, x):
         m = nnx.merge(model_graphdef, params, model_rest)
-        nll = next_token_nll(m.logits(x), seq["tokens"])
-        return jnp.mean(nll)
+        factor_logits = m.all_factor_logits(x, seq["tokens"], seq["factor_tokens"])
+        predictions = Predictions(m.logits(x), factor_logits)
+        return prefix_lm_loss(predictions, *targets, factor_starts=starts, pad_id=m.pad_id)
 
     head_grad = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
 

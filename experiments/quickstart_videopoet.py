@@ -16,8 +16,9 @@ T2V digit and motion-direction accuracy, I2V / FP FVD next to copy-last-frame, A
 V2A pitch -> digit accuracy, A2V digit accuracy, one grid per task (for tasks with sound
 also an MP4 that plays each example with its soundtrack, and WAV files). Audio is sampled
 greedily (below). Visual codes are 2 x 2^9 sub-tokens (the 2^18 softmax would dwarf this
-model). Arguments: `steps=N`; `painting=true` adds in- and outpainting (their COMMIT
-condition clip pads every sequence to 775 positions instead of 451).
+model) at one position per code: the sequences are 259 positions, not the 451 of one
+position per sub-token. Arguments: `steps=N`; `painting=true` adds in- and outpainting
+(their COMMIT condition clip pads every sequence to 391 positions).
 """
 
 import os

@@ -2,7 +2,8 @@
 temperature, top-k, top-p, per-row settings), samples that never leave their segment's id
 range, greedy decoding equal to the full pass, top-k = 1 and a tiny top-p equal to greedy,
 audio segments at their own temperature, classifier-free guidance (scale 1 = conditional,
-0 = unconditional, 3 = the guided argmax), long-video extension and task chaining."""
+0 = unconditional, 3 = the guided argmax), a factorized code's factors drawn at one
+position, long-video extension and task chaining."""
 
 import types
 
@@ -24,9 +25,11 @@ from videogen.sampling.autoregressive import (
 from videogen.tasks.videopoet_layout import SequenceLayout, TaskInputs, drop_text
 from videogen.tasks.videopoet_vocab import Vocabulary
 
-# 4-bit codes as 2 x 2-bit sub-tokens: each visual position may take one of 4 ids; one
-# audio level of 8 codes, 8 frames per clip (AVCont is given the first 2).
+# 4-bit codes as 2 x 2-bit sub-tokens: each visual position draws one of 4 factor-0 ids, then
+# one of 4 factor-1 ids; one audio level of 8 codes, 8 frames per clip (AVCont is given the
+# first 2).
 VOCAB = Vocabulary(visual_codes=2**4, visual_factors=2, audio_levels=1, audio_codebook_size=8)
+FACTOR_1 = VOCAB.visual_factor_range(1)
 LAYOUT = SequenceLayout(
     VOCAB,
     (3, 2, 2),
@@ -46,8 +49,10 @@ def setup():
             vocab_size=VOCAB.size,
             pad_id=VOCAB.pad_id,
             text_dim=6,
+            factor_ranges=(FACTOR_1,),
             **PREFIX_LM_SIZES["tiny"],
-            rngs=nnx.Rngs(jax.random.key(0, impl="rbg")),
+            # Seed 1: at seed 0 this tiny model's greedy T2V samples ignore the text.
+            rngs=nnx.Rngs(jax.random.key(1, impl="rbg")),
         )
     )()
     # Larger weights than the initialisation's, as after training: peaked next-token
@@ -58,13 +63,20 @@ def setup():
             var[...] = var[...] * 5.0
     model.token_embedding[...] = model.token_embedding[...] * 4.0
     forward = nnx.jit(
-        lambda m, b: m(b.tokens, b.prefix_length, b.text_embeddings, b.text_mask, b.text_positions)
+        lambda m, b: m(
+            b.tokens,
+            b.factor_tokens,
+            b.prefix_length,
+            b.text_embeddings,
+            b.text_mask,
+            b.text_positions,
+        )
     )
     text = np.random.default_rng(0).normal(size=(B, 4, 6)).astype(np.float32)
     return types.SimpleNamespace(
         model=model,
         batch=LAYOUT.build("t2v", TaskInputs(text_embeddings=text)),
-        run=lambda b: np.asarray(forward(model, b)),
+        run=lambda b: tuple(map(np.asarray, forward(model, b))),
     )
 
 
@@ -120,52 +132,73 @@ def test_temperature_zero_is_the_argmax_within_the_range():
 # --- sampling the model ----------------------------------------------------------------------
 
 
-def _in_range(tokens: np.ndarray, batch) -> bool:
+def _ids(batch) -> np.ndarray:
+    """[b, l, 2]: each position's token and its visual factor 1 (<pad> off visual codes)."""
+    return np.concatenate([batch.tokens[..., None], batch.factor_tokens], axis=-1)
+
+
+def _in_range(sampled, batch) -> bool:
     lo, hi = batch.next_range[:, :-1, 0], batch.next_range[:, :-1, 1]
-    following = tokens[:, 1:]
+    following, factor = sampled.tokens[:, 1:], sampled.factor_tokens[:, 1:, 0]
     outputs = batch.loss_mask[:, 1:]
-    return bool((((following >= lo) & (following < hi)) | ~outputs).all())
+    visual = lo == VOCAB.visual_start
+    factor_ok = np.where(
+        visual, (factor >= FACTOR_1[0]) & (factor < FACTOR_1[1]), factor == VOCAB.pad_id
+    )
+    return bool((((following >= lo) & (following < hi) & factor_ok) | ~outputs).all())
 
 
 def test_hot_samples_never_leave_their_segment_range(setup):
     batch = setup.batch
-    tokens = np.asarray(sample(setup.model, batch, jax.random.key(1), temperature=100.0))
-    assert _in_range(tokens, batch)
-    np.testing.assert_array_equal(tokens[~batch.loss_mask], batch.tokens[~batch.loss_mask])
+    sampled = sample(setup.model, batch, jax.random.key(1), temperature=100.0)
+    tokens = sampled.tokens
+    assert _in_range(sampled, batch)
+    given = ~batch.loss_mask
+    np.testing.assert_array_equal(_ids(sampled)[given], _ids(batch)[given])
     end = LAYOUT.task_length("t2v")
     assert [VOCAB.token_name(t) for t in tokens[0, end - 2 : end]] == ["<eov_o>", "<eos>"]
-    # At a high temperature the draws spread over each factor's 4 ids.
-    video = LAYOUT.outputs("t2v", tokens).video
+    # At a high temperature the draws spread over the 16 codes (4 x 4 factor ids).
+    video = LAYOUT.outputs("t2v", sampled).video
     assert len(np.unique(video)) >= 10
-    other = np.asarray(sample(setup.model, batch, jax.random.key(2), temperature=100.0))
-    assert (other != tokens).any()
-    again = np.asarray(sample(setup.model, batch, jax.random.key(1), temperature=100.0))
-    np.testing.assert_array_equal(again, tokens)
+    other = sample(setup.model, batch, jax.random.key(2), temperature=100.0)
+    assert (_ids(other) != _ids(sampled)).any()
+    again = sample(setup.model, batch, jax.random.key(1), temperature=100.0)
+    np.testing.assert_array_equal(_ids(again), _ids(sampled))
 
 
-def _greedy_from_full_pass(setup, batch, tokens, guidance: float | None = None) -> np.ndarray:
-    """Each output position's argmax within its range, from full passes over ``tokens``."""
-    logits = setup.run(batch._replace(tokens=tokens))
+def _greedy_from_full_pass(setup, batch, sampled, guidance: float | None = None) -> np.ndarray:
+    """`_ids` of each output position's argmax within its range (token, then factor 1 given
+    that token), from full passes over ``sampled``'s ids."""
+    filled = batch._replace(tokens=sampled.tokens, factor_tokens=sampled.factor_tokens)
+    logits, factor_logits = setup.run(filled)
     if guidance is not None:
-        uncond = setup.run(drop_text(batch)._replace(tokens=tokens))
+        uncond, uncond_factor = setup.run(drop_text(batch)._replace(**filled._asdict()))
         logits = uncond + guidance * (logits - uncond)
+        factor_logits = uncond_factor + guidance * (factor_logits - uncond_factor)
     ids = np.arange(logits.shape[-1])
     allowed = batch.next_range
     inside = (ids >= allowed[..., :1]) & (ids < allowed[..., 1:])
     best = np.where(inside, logits, -np.inf).argmax(-1)
-    expected = tokens.copy()
-    expected[:, 1:] = np.where(batch.loss_mask[:, 1:], best[:, :-1], tokens[:, 1:])
+    visual = allowed[..., 0] == VOCAB.visual_start
+    best_factor = np.where(visual, factor_logits[..., 0, :].argmax(-1) + FACTOR_1[0], VOCAB.pad_id)
+    expected = _ids(sampled).copy()
+    outputs = batch.loss_mask[:, 1:, None]
+    best_ids = np.stack([best, best_factor], axis=-1)
+    expected[:, 1:] = np.where(outputs, best_ids[:, :-1], expected[:, 1:])
     return expected
 
 
 def test_greedy_sampling_equals_the_argmax_of_the_full_pass(setup):
-    tokens = np.asarray(sample(setup.model, setup.batch, jax.random.key(0), temperature=0.0))
-    np.testing.assert_array_equal(tokens, _greedy_from_full_pass(setup, setup.batch, tokens))
+    sampled = sample(setup.model, setup.batch, jax.random.key(0), temperature=0.0)
+    np.testing.assert_array_equal(
+        _ids(sampled), _greedy_from_full_pass(setup, setup.batch, sampled)
+    )
     hot = dict(temperature=100.0)
     for filtering in (dict(top_k=1), dict(top_p=1e-6)):
         filtered = sample(setup.model, setup.batch, jax.random.key(5), **hot, **filtering)
-        np.testing.assert_array_equal(np.asarray(filtered), tokens, err_msg=str(filtering))
-    assert (np.asarray(sample(setup.model, setup.batch, jax.random.key(5), **hot)) != tokens).any()
+        np.testing.assert_array_equal(_ids(filtered), _ids(sampled), err_msg=str(filtering))
+    hot_sample = sample(setup.model, setup.batch, jax.random.key(5), **hot)
+    assert (_ids(hot_sample) != _ids(sampled)).any()
 
 
 def test_audio_segments_sample_at_their_own_temperature(setup):
@@ -183,20 +216,18 @@ def test_audio_segments_sample_at_their_own_temperature(setup):
     lowest[:, 1:] = batch.next_range[:, :-1, 0]
     audio = batch.loss_mask & (lowest >= VOCAB.audio_start)
     video = batch.loss_mask & (lowest >= VOCAB.visual_start) & (lowest < VOCAB.audio_start)
-    assert audio.sum() == B * 6 and video.sum() == B * 2 * 2 * 2 * 2
+    assert audio.sum() == B * 6 and video.sum() == B * 2 * 2 * 2
 
     def greedy_where(seed, **audio_settings):
-        tokens = np.asarray(
-            sample(
-                setup.model,
-                batch,
-                jax.random.key(seed),
-                temperature=1.0,
-                audio_start=VOCAB.audio_start,
-                **audio_settings,
-            )
+        sampled = sample(
+            setup.model,
+            batch,
+            jax.random.key(seed),
+            temperature=1.0,
+            audio_start=VOCAB.audio_start,
+            **audio_settings,
         )
-        return tokens == _greedy_from_full_pass(setup, batch, tokens)
+        return (_ids(sampled) == _greedy_from_full_pass(setup, batch, sampled)).all(-1)
 
     video_sampled = audio_sampled = False
     for seed in range(4):
@@ -212,26 +243,24 @@ def test_audio_segments_sample_at_their_own_temperature(setup):
 def test_guidance_scale_one_is_conditional_zero_unconditional(setup):
     batch, key = setup.batch, jax.random.key(0)
     unconditional = drop_text(batch)
-    cond = np.asarray(sample(setup.model, batch, key, temperature=0.0))
-    uncond = np.asarray(sample(setup.model, unconditional, key, temperature=0.0))
+    cond = _ids(sample(setup.model, batch, key, temperature=0.0))
+    uncond = _ids(sample(setup.model, unconditional, key, temperature=0.0))
     assert (cond != uncond).any()  # the text matters, so the scales below are distinguishable
 
     def guided(scale):
-        return np.asarray(
-            sample(
-                setup.model,
-                batch,
-                key,
-                temperature=0.0,
-                guidance_scale=scale,
-                unconditional=unconditional,
-            )
+        return sample(
+            setup.model,
+            batch,
+            key,
+            temperature=0.0,
+            guidance_scale=scale,
+            unconditional=unconditional,
         )
 
-    np.testing.assert_array_equal(guided(1.0), cond)
-    np.testing.assert_array_equal(guided(0.0)[:, 9:], uncond[:, 9:])  # prefixes differ in text
+    np.testing.assert_array_equal(_ids(guided(1.0)), cond)
+    np.testing.assert_array_equal(_ids(guided(0.0))[:, 9:], uncond[:, 9:])  # text differs
     strong = guided(3.0)
-    np.testing.assert_array_equal(strong, _greedy_from_full_pass(setup, batch, strong, 3.0))
+    np.testing.assert_array_equal(_ids(strong), _greedy_from_full_pass(setup, batch, strong, 3.0))
     with pytest.raises(ValueError, match="needs the unconditional sequences"):
         sample(setup.model, batch, key, guidance_scale=3.0)
 
@@ -279,4 +308,5 @@ def test_chained_tasks_feed_each_output_to_the_next_stage(setup):
     np.testing.assert_array_equal(seen[0], animated.video)
     batch = LAYOUT.build("outpaint", TaskInputs(condition=animated.video))
     direct = sample(setup.model, batch, jax.random.fold_in(jax.random.key(6), 1), temperature=0.0)
+    assert direct.factor_tokens.shape == (B, LAYOUT.length, 1)
     np.testing.assert_array_equal(LAYOUT.outputs("outpaint", direct).video, painted.video)

@@ -191,16 +191,21 @@ def _prefix_lm() -> Family:
             num_layers=1,
             num_heads=2,
             mlp_dim=64,
+            factor_ranges=((48, 64),),  # every position a code of 2 factors
             rngs=_rngs(),
         ),
         {
-            "tokens": rng.integers(1, 64, (BATCH, 16)).astype(np.int32),
+            "tokens": rng.integers(1, 48, (BATCH, 16)).astype(np.int32),
+            "factor_tokens": rng.integers(48, 64, (BATCH, 16, 1)).astype(np.int32),
             "prefix_length": rng.integers(1, 8, (BATCH,)).astype(np.int32),
         },
         lambda model, batch: prefix_lm_loss(
-            model(batch["tokens"], batch["prefix_length"]),
+            model(batch["tokens"], batch["factor_tokens"], batch["prefix_length"]),
             batch["tokens"],
+            batch["factor_tokens"],
             jnp.arange(16) >= batch["prefix_length"][:, None],
+            factor_starts=jnp.asarray([48]),
+            pad_id=0,
         ),
         checked="stack/blocks/0/mlp/wi",
     )

@@ -163,7 +163,7 @@ def test_each_task_has_its_special_tokens_in_order_and_payload_counts(layout, in
         video_in, video_out, audio_in, audio_out = PAYLOAD[task]
         prefix = batch.prefix_length[0]
         in_prefix, outputs = names[:prefix], names[prefix:]
-        per_frame = 2 * 2 * 2  # h * w * factors
+        per_frame = 2 * 2  # h * w: one position per code, whatever the factors
         assert sum(x.startswith("visual") for x in in_prefix) == video_in * per_frame
         assert sum(x.startswith("visual") for x in outputs) == video_out * per_frame
         assert sum(x.startswith("audio") for x in in_prefix) == audio_in * 2
@@ -178,12 +178,18 @@ def test_every_token_lies_in_the_range_the_previous_position_allows(layout, inpu
     lo, hi = batch.next_range[:, :-1, 0], batch.next_range[:, :-1, 1]
     following = batch.tokens[:, 1:]
     assert ((following >= lo) & (following < hi)).all()
-    # Sub-tokens alternate between the two factor ranges, audio levels come one after another.
-    seg = (
-        layout.segment(task, "video_out") if PAYLOAD[task][1] else layout.segment(task, "audio_out")
-    )
+    # A video position holds factor 0 (its range) in tokens and factor 1 in factor_tokens;
+    # audio levels come one after another.
+    video = PAYLOAD[task][1]
+    seg = layout.segment(task, "video_out" if video else "audio_out")
     ranges = batch.next_range[0, seg.start - 1 : seg.stop - 1]
-    assert len(set(map(tuple, ranges.tolist()))) == 2
+    assert len(set(map(tuple, ranges.tolist()))) == (1 if video else 2)
+    assert batch.factor_tokens.shape == (B, layout.length, 1)
+    visual = (batch.tokens >= VOCAB.visual_start) & (batch.tokens < VOCAB.audio_start)
+    lo1, hi1 = VOCAB.visual_factor_range(1)
+    factor = batch.factor_tokens[..., 0]
+    assert ((factor >= lo1) & (factor < hi1))[visual].all()
+    assert (factor[~visual] == VOCAB.pad_id).all()
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -195,12 +201,12 @@ def test_loss_falls_on_the_outputs_and_their_closing_tokens_only(layout, inputs,
     assert (batch.loss_mask == expected).all()
     row = _names(batch.tokens[0])
     assert row[prefix - 1] == ("<boa_o>" if task == "v2a" else "<bov_o>")
-    assert row[n - 1] == ("visual[1]:" + row[n - 1].split(":")[1] if task == "t2i" else "<eos>")
+    assert row[n - 1] == ("visual[0]:" + row[n - 1].split(":")[1] if task == "t2i" else "<eos>")
 
 
 def test_all_layouts_pad_to_the_longest_task(layout, inputs):
-    # Painting is the longest: <bos> <task> + (1 + 24 + 1) in + <bov_o> 24 <eov_o> <eos>.
-    assert layout.length == 2 + 26 + 1 + 24 + 2 == max(layout.task_length(t) for t in TASKS)
+    # Painting is the longest: <bos> <task> + (1 + 12 + 1) in + <bov_o> 12 <eov_o> <eos>.
+    assert layout.length == 2 + 14 + 1 + 12 + 2 == max(layout.task_length(t) for t in TASKS)
     mixed = concat_batches([layout.build(t, inputs) for t in TASKS])
     assert mixed.tokens.shape == (2 * len(TASKS), layout.length)
     assert mixed.next_range.shape == (2 * len(TASKS), layout.length, 2)
@@ -229,7 +235,7 @@ def test_thesis_token_counts():
 
 def test_video_and_audio_round_trip_through_the_sequence(layout, inputs):
     for task in TASKS:
-        out = layout.outputs(task, layout.build(task, inputs).tokens)
+        out = layout.outputs(task, layout.build(task, inputs))
         spec = TASK_SPECS[task]
         if spec.video_output == "first_frame":
             np.testing.assert_array_equal(out.video, inputs.video[:, :1])
@@ -246,9 +252,10 @@ def test_painting_reads_the_commit_condition_tokens_and_outputs_the_target(layou
         assert commit_task.inverted == (task == "inpaint")
         batch = layout.build(task, inputs)
         seg = layout.segment(task, "video_in")
-        given = VOCAB.visual_from_ids(batch.tokens[:, seg.start : seg.stop].reshape(B, 3, 2, 2, 2))
+        ids = np.concatenate([batch.tokens[..., None], batch.factor_tokens], axis=-1)
+        given = VOCAB.visual_from_ids(ids[:, seg.start : seg.stop].reshape(B, 3, 2, 2, 2))
         np.testing.assert_array_equal(given, inputs.condition)
-        np.testing.assert_array_equal(layout.outputs(task, batch.tokens).video, inputs.video)
+        np.testing.assert_array_equal(layout.outputs(task, batch).video, inputs.video)
     with pytest.raises(ValueError, match="needs TaskInputs.condition"):
         layout.build("inpaint", inputs._replace(condition=None))
 
@@ -285,6 +292,7 @@ def test_outputs_left_out_are_pad_for_the_sampler(layout, inputs):
     np.testing.assert_array_equal(given.loss_mask, to_sample.loss_mask)
     seg = layout.segment("fp", "video_out")
     assert (to_sample.tokens[:, seg.start : seg.stop] == VOCAB.pad_id).all()
+    assert (to_sample.factor_tokens[:, seg.start : seg.stop] == VOCAB.pad_id).all()
     np.testing.assert_array_equal(given.tokens[:, : seg.start], to_sample.tokens[:, : seg.start])
     unconditional = layout.build("unconditional", batch_size=3)
     assert unconditional.tokens.shape == (3, layout.length)

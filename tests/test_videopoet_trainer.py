@@ -36,7 +36,7 @@ def audio_workdir(tmp_path_factory):
 
 def test_sequences_assembled_in_the_step_equal_the_layouts():
     """For every task, `assemble` on an example's codes gives `SequenceLayout.build`'s tokens,
-    loss mask, prefix length, text mask and text positions."""
+    factor tokens, loss mask, prefix length, text mask and text positions."""
     vocab = Vocabulary(visual_codes=2**6, visual_factors=2, audio_levels=2, audio_codebook_size=8)
     layout = SequenceLayout(
         vocab,
@@ -58,7 +58,7 @@ def test_sequences_assembled_in_the_step_equal_the_layouts():
     text = rng.normal(size=(b, 4, 5)).astype(np.float32)
     text_mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], bool)
     ids = example_ids(templates, jnp.asarray(video), jnp.asarray(audio), jnp.asarray(conditions))
-    assert ids.shape == (b, templates.example_length)
+    assert ids.shape == (b, templates.example_length, 2)  # one slot per code, 2 factor ids
     for task in TASKS:
         condition = None
         if task in templates.paint_tasks:
@@ -75,6 +75,7 @@ def test_sequences_assembled_in_the_step_equal_the_layouts():
             assemble(templates, rows, ids, jnp.asarray(text), jnp.asarray(text_mask))
         )
         np.testing.assert_array_equal(got["tokens"], expected.tokens, err_msg=task)
+        np.testing.assert_array_equal(got["factor_tokens"], expected.factor_tokens, err_msg=task)
         np.testing.assert_array_equal(got["loss_mask"], expected.loss_mask, err_msg=task)
         np.testing.assert_array_equal(got["prefix_length"], expected.prefix_length, err_msg=task)
         np.testing.assert_array_equal(got["text_mask"], expected.text_mask, err_msg=task)
@@ -92,6 +93,9 @@ def test_sequences_assembled_in_the_step_equal_the_layouts():
         condition = conditions[:, 0] if task == "inpaint" else None
         expected = layout.build(task, TaskInputs(video, audio, text, text_mask, condition))
         np.testing.assert_array_equal(mixed["tokens"][i], expected.tokens[i], err_msg=task)
+        np.testing.assert_array_equal(
+            mixed["factor_tokens"][i], expected.factor_tokens[i], err_msg=task
+        )
 
 
 # --- start-up errors --------------------------------------------------------------------------

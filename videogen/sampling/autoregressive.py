@@ -15,7 +15,11 @@ shape). Each draw:
    tempered distribution; audio segments may have their own three settings
    (``audio_temperature`` ...), since a codec's codes of a steady sound leave little
    room for sampling noise while video needs it;
-4. a categorical draw with the key ``fold_in(key, position)``.
+4. a categorical draw with the key ``fold_in(key, position)``;
+5. at a visual code of a factorized vocabulary, its factors ``1 .. f-1`` one after
+   another from the same position's output and the factors drawn before
+   (`PrefixLM.factor_logits`), with the same guidance and settings, keys
+   ``fold_in(fold_in(key, position), j)``.
 
 `generate_long_video` (Sec. 8.4.5) extends a clip by frame prediction conditioned on
 its last latent frames; `chain_tasks` (Sec. 8.4.5, "task chaining") feeds one task's
@@ -100,6 +104,50 @@ def sample_token(
     return jnp.where(greedy, jnp.argmax(filtered, axis=-1), drawn).astype(jnp.int32)
 
 
+def draw_position(
+    model: PrefixLM,
+    hidden: Float[Array, "n d"],
+    allowed: Int[Array, "b 2"],
+    key: Array,
+    *,
+    temperature: Float[Array, "*b"] | float,
+    top_k: Int[Array, "*b"] | int,
+    top_p: Float[Array, "*b"] | float,
+    guidance_scale: Float[Array, ""] | float | None = None,
+) -> tuple[Int[Array, " n"], Int[Array, "n f-1"]]:
+    """The ids of the next position from the output ``hidden`` of the one before: its token
+    (`sample_token` within ``allowed``) and, where that token is visual factor 0 of a
+    factorized vocabulary, factors ``1 .. f-1`` drawn one after another with keys
+    ``fold_in(key, j)`` (``<pad>`` elsewhere).
+
+    ``guidance_scale`` (None: off): ``hidden`` holds the conditional rows, then as many
+    unconditional ones (``n = 2b``); both get the guided draws.
+    """
+    rows = allowed.shape[0]
+    guided = guidance_scale is not None
+
+    def guide(logits):
+        return guided_logits(logits[:rows], logits[rows:], guidance_scale) if guided else logits
+
+    def both(x):  # the drawn ids feed the conditional and the unconditional rows alike
+        return jnp.concatenate([x, x]) if guided else x
+
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    token = both(sample_token(key, guide(model.logits(hidden)), allowed, **settings))
+    if not model.factor_ranges:
+        return token, jnp.zeros((token.shape[0], 0), jnp.int32)
+    # Factor ranges follow one another (`Vocabulary`), so visual factor 0's range is the
+    # one that ends where factor 1's begins.
+    visual = both(allowed[:, 1] == model.factor_ranges[0][0])
+    drawn = [token]
+    for j, (lo, hi) in enumerate(model.factor_ranges, start=1):
+        logits = guide(model.factor_logits(hidden, jnp.stack(drawn, axis=-1)))
+        local = jnp.broadcast_to(jnp.asarray([0, hi - lo], jnp.int32), (rows, 2))
+        sub = sample_token(jax.random.fold_in(key, j), logits, local, **settings)
+        drawn.append(jnp.where(visual, both(sub) + lo, model.pad_id).astype(jnp.int32))
+    return token, jnp.stack(drawn[1:], axis=-1)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "prefix_length", "end", "guided"))
 def _decode(
     graphdef: nnx.GraphDef,
@@ -115,18 +163,19 @@ def _decode(
     prefix_length: int,
     end: int,
     guided: bool,
-) -> Int[Array, "b l"]:
+) -> tuple[Int[Array, "b l"], Int[Array, "b l f-1"]]:
     """`sample`'s compiled body; with ``guided`` the batch's second half is unconditional.
 
     The settings hold [other positions, audio positions] (ids from ``audio_start`` on).
     """
     model: PrefixLM = nnx.merge(graphdef, state)
-    tokens = batch.tokens
+    tokens, factor_tokens = batch.tokens, batch.factor_tokens
     rows = tokens.shape[0] // 2 if guided else tokens.shape[0]
     mask = model.attention_mask(tokens, batch.prefix_length, batch.text_mask, batch.text_positions)
     cache = model.init_cache(tokens.shape[0], tokens.shape[1])
-    logits, cache = model.prefill(
+    hidden, cache = model.prefill(
         tokens[:, :prefix_length],
+        factor_tokens[:, :prefix_length],
         mask,
         cache,
         batch.text_embeddings,
@@ -134,34 +183,35 @@ def _decode(
         batch.text_positions,
     )
 
-    def draw(tokens, logits, position):
-        if guided:
-            logits = guided_logits(logits[:rows], logits[rows:], guidance_scale)
+    def draw(tokens, factor_tokens, hidden, position):
         allowed = batch.next_range[:rows, position - 1]
         # Audio ids are the vocabulary's last, so a segment's lowest id tells its modality.
         audio = (allowed[:, 0] >= audio_start).astype(jnp.int32)
-        token = sample_token(
-            jax.random.fold_in(key, position),
-            logits,
+        token, factors = draw_position(
+            model,
+            hidden,
             allowed,
+            jax.random.fold_in(key, position),
             temperature=temperature[audio],
             top_k=top_k[audio],
             top_p=top_p[audio],
+            guidance_scale=guidance_scale if guided else None,
         )
-        token = jnp.concatenate([token, token]) if guided else token
-        return tokens.at[:, position].set(token), token
+        tokens = tokens.at[:, position].set(token)
+        factor_tokens = factor_tokens.at[:, position].set(factors)
+        return tokens, factor_tokens, (token, factors)
 
     def step(carry, position):
-        tokens, cache, previous = carry
-        logits, cache = model.decode_step(previous, mask, cache)
-        tokens, token = draw(tokens, logits, position)
-        return (tokens, cache, token), None
+        tokens, factor_tokens, cache, previous = carry
+        hidden, cache = model.decode_step(*previous, mask, cache)
+        tokens, factor_tokens, drawn = draw(tokens, factor_tokens, hidden, position)
+        return (tokens, factor_tokens, cache, drawn), None
 
-    tokens, first = draw(tokens, logits, prefix_length)
-    (tokens, _, _), _ = jax.lax.scan(
-        step, (tokens, cache, first), jnp.arange(prefix_length + 1, end)
+    tokens, factor_tokens, first = draw(tokens, factor_tokens, hidden, prefix_length)
+    (tokens, factor_tokens, _, _), _ = jax.lax.scan(
+        step, (tokens, factor_tokens, cache, first), jnp.arange(prefix_length + 1, end)
     )
-    return tokens[:rows]
+    return tokens[:rows], factor_tokens[:rows]
 
 
 def _output_span(batch: LayoutBatch, name: str) -> tuple[int, int]:
@@ -204,8 +254,9 @@ def sample(
     audio_temperature: float | None = None,
     audio_top_k: int | None = None,
     audio_top_p: float | None = None,
-) -> Int[Array, "b l"]:
-    """``batch.tokens`` with every output position (``batch.loss_mask``) sampled.
+) -> LayoutBatch:
+    """``batch`` with every output position (``batch.loss_mask``) sampled: its ``tokens``
+    and, at visual codes, ``factor_tokens`` (numpy).
 
     All rows must share one task layout. ``unconditional``: the same sequences with the
     condition dropped (e.g. ``drop_text(batch)``), for classifier-free guidance at
@@ -231,17 +282,19 @@ def sample(
                 "unconditional must have the batch's shape and output positions (the same "
                 "layout with the condition dropped, e.g. drop_text(batch))."
             )
-        batch = LayoutBatch(*(np.concatenate([c, u]) for c, u in zip(batch, unconditional)))
+        both = LayoutBatch(*(np.concatenate([c, u]) for c, u in zip(batch, unconditional)))
     elif guidance_scale != 1.0:
         raise ValueError(
             f"guidance_scale={guidance_scale} needs the unconditional sequences: pass "
             "unconditional=drop_text(batch) (or another condition-dropped layout)."
         )
+    else:
+        both = batch
     graphdef, state = nnx.split(model)
-    return _decode(
+    tokens, factor_tokens = _decode(
         graphdef,
         state,
-        LayoutBatch(*(jnp.asarray(a) for a in batch)),
+        LayoutBatch(*(jnp.asarray(a) for a in both)),
         key,
         _per_modality(temperature, audio_temperature, jnp.float32),
         _per_modality(top_k, audio_top_k, jnp.int32),
@@ -252,6 +305,7 @@ def sample(
         end=end,
         guided=unconditional is not None,
     )
+    return batch._replace(tokens=np.asarray(tokens), factor_tokens=np.asarray(factor_tokens))
 
 
 def _sample_task(
@@ -265,7 +319,7 @@ def _sample_task(
     """One task's outputs; guidance (``guidance_scale`` != 1) drops the text."""
     batch = layout.build(task, inputs)
     guided = sampling.get("guidance_scale", 1.0) != 1.0
-    tokens = sample(
+    sampled = sample(
         model,
         batch,
         key,
@@ -273,7 +327,7 @@ def _sample_task(
         audio_start=layout.vocab.audio_start,
         **sampling,
     )
-    return layout.outputs(task, np.asarray(tokens))
+    return layout.outputs(task, sampled)
 
 
 def generate_long_video(

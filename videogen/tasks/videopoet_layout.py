@@ -16,6 +16,12 @@ the image stays the open first frame of a video). A batch mixes tasks, so every
 layout of one `SequenceLayout` is padded with ``<pad>`` (no loss) to one length,
 the longest of its tasks.
 
+A visual code is one position. With a factorized visual vocabulary (``visual_factors``
+``f > 1``) ``tokens`` holds its factor-0 id and ``factor_tokens`` its factors ``1 ..
+f-1`` (``<pad>`` at every other position), so a video costs ``t * h * w`` positions
+whatever ``f`` is; the model embeds the factors' sum and predicts them one after
+another from the same position (`videogen.models.prefix_lm`).
+
 Text (Sec. 8.4.6): the text encoder's embeddings "are inserted into reserved sequence
 positions right after the <bot_i> token". A text segment always reserves
 ``max_text_tokens`` positions (64, the thesis' maximum), so that every sequence of a
@@ -126,11 +132,14 @@ class TaskInputs(NamedTuple):
 class LayoutBatch(NamedTuple):
     """A batch of fixed-length sequences (numpy; the model and sampler take it as is).
 
-    ``next_range[i, p] = (lo, hi)``: the ids the token at ``p + 1`` may take (its
-    segment's range: a visual factor's, an audio level's, or one special token's).
+    ``next_range[i, p] = (lo, hi)``: the ids ``tokens`` at ``p + 1`` may take (its
+    segment's range: visual factor 0's, an audio level's, or one special token's); a
+    visual position's ``factor_tokens`` take factor ``j``'s range
+    (`Vocabulary.visual_factor_range`).
     """
 
-    tokens: Int[np.ndarray, "b l"]
+    tokens: Int[np.ndarray, "b l"]  # at a visual code: its factor-0 id
+    factor_tokens: Int[np.ndarray, "b l f-1"]  # visual factors 1.., <pad> off visual codes
     loss_mask: Bool[np.ndarray, "b l"]  # True on output tokens (the targets)
     prefix_length: Int[np.ndarray, " b"]  # bidirectional prefix, through <bov_o>/<boa_o>
     next_range: Int[np.ndarray, "b l 2"]
@@ -249,9 +258,9 @@ class SequenceLayout:
 
     @property
     def tokens_per_frame(self) -> int:
-        """Sequence positions of one latent frame: ``h * w * visual_factors``."""
+        """Sequence positions of one latent frame: ``h * w`` (one per code, `LayoutBatch`)."""
         _, h, w = self.latent_shape
-        return h * w * self.vocab.visual_factors
+        return h * w
 
     def _video_input_frames(self, task: str) -> int:
         kind = TASK_SPECS[task].video_input
@@ -339,8 +348,7 @@ class SequenceLayout:
         ranges = []
         for seg in self.segments(task):
             if seg.name in ("video_in", "video_out"):
-                f = vocab.visual_factors
-                ranges += [vocab.visual_factor_range(j % f) for j in range(seg.length)]
+                ranges += [vocab.visual_factor_range(0)] * seg.length
             elif seg.name in ("audio_in", "audio_out"):
                 frames = seg.length // vocab.audio_levels
                 ranges += [vocab.audio_level_range(j // frames) for j in range(seg.length)]
@@ -379,7 +387,7 @@ class SequenceLayout:
         vocab, spec = self.vocab, TASK_SPECS[task]
         segments = self.segments(task)
         n, length = segments[-1].stop, self.length
-        tokens = np.full((b, length), vocab.pad_id, np.int64)
+        tokens = np.full((b, length, vocab.visual_factors), vocab.pad_id, np.int64)
         ranges = np.full((length + 1, 2), (vocab.pad_id, vocab.pad_id + 1), np.int32)
         ranges[:n] = self.token_ranges(task)
         t = self.latent_shape[0]
@@ -398,14 +406,14 @@ class SequenceLayout:
                 if inputs.source is None:
                     raise ValueError("with_source=True needs TaskInputs.source, one index each.")
                 source = np.asarray(inputs.source)
-                tokens[:, where] = [[vocab.source_id(int(s))] for s in source.reshape(b)]
+                tokens[:, where, 0] = [[vocab.source_id(int(s))] for s in source.reshape(b)]
             elif seg.name == "video_in":
                 if spec.video_input == "condition":
                     codes = self._video(inputs.condition, "condition", (t,), task, b)
                 else:
                     allowed = (t,) if spec.video_input == "full" else (t, video_in)
                     codes = self._video(inputs.video, "video", allowed, task, b)[:, :video_in]
-                tokens[:, where] = vocab.visual_to_ids(codes).reshape(b, -1)
+                tokens[:, where] = self._visual_ids(codes)
             elif seg.name == "video_out":
                 allowed = {"first_frame": (t, 1), "rest": (t, video_in)}.get(
                     spec.video_output, (t,)
@@ -413,24 +421,24 @@ class SequenceLayout:
                 codes = self._video(inputs.video, "video", allowed, task, b, optional=True)
                 first = 0 if spec.video_output != "rest" else video_in
                 if codes is not None and codes.shape[1] >= first + video_out:
-                    ids = vocab.visual_to_ids(codes[:, first : first + video_out])
-                    tokens[:, where] = ids.reshape(b, -1)
+                    tokens[:, where] = self._visual_ids(codes[:, first : first + video_out])
             elif seg.name == "audio_in":
                 allowed = (self.audio_frames, audio_in)
                 codes = self._audio(inputs.audio, allowed, task, b)[:, :, :audio_in]
-                tokens[:, where] = vocab.audio_to_ids(codes)
+                tokens[:, where, 0] = vocab.audio_to_ids(codes)
             elif seg.name == "audio_out":
                 allowed = (self.audio_frames, audio_in)
                 codes = self._audio(inputs.audio, allowed, task, b, optional=True)
                 if codes is not None and codes.shape[2] == self.audio_frames:
-                    tokens[:, where] = vocab.audio_to_ids(codes[:, :, audio_in:])
+                    tokens[:, where, 0] = vocab.audio_to_ids(codes[:, :, audio_in:])
             elif seg.length == 1:
-                tokens[:, where] = self._special(task, seg.name)
+                tokens[:, where, 0] = self._special(task, seg.name)
         prefix = self.prefix_length(task)
         loss_mask = np.zeros((b, length), bool)
         loss_mask[:, prefix:n] = True
         return LayoutBatch(
-            tokens=tokens.astype(np.int32),
+            tokens=tokens[..., 0].astype(np.int32),
+            factor_tokens=tokens[..., 1:].astype(np.int32),
             loss_mask=loss_mask,
             prefix_length=np.full((b,), prefix, np.int32),
             next_range=np.broadcast_to(ranges[1:], (b, length, 2)).copy(),
@@ -439,6 +447,11 @@ class SequenceLayout:
             text_positions=text[2],
             task_index=np.full((b,), TASKS.index(task), np.int32),
         )
+
+    def _visual_ids(self, codes: Int[np.ndarray, "b t h w"]) -> Int[np.ndarray, "b n f"]:
+        """The ids of ``codes`` as the positions of a video segment: ``[b, t*h*w, f]``."""
+        ids = self.vocab.visual_to_ids(codes)
+        return ids.reshape(len(codes), -1, self.vocab.visual_factors)
 
     def _text(self, task: str, inputs: TaskInputs, start: int, b: int):
         m, d = self.max_text_tokens, self.text_dim
@@ -511,28 +524,33 @@ class SequenceLayout:
 
     # --- reading back ------------------------------------------------------------------------
 
-    def outputs(self, task: str, tokens: Int[np.ndarray, "b l"]) -> TaskOutputs:
+    def outputs(self, task: str, batch: LayoutBatch) -> TaskOutputs:
         """The clip and/or audio ``task`` produces, read from its (sampled) sequences."""
         spec = TASK_SPECS[check_task(task)]
-        tokens = np.asarray(tokens).astype(np.int64)
-        b = tokens.shape[0]
+        ids = np.concatenate(
+            [np.asarray(batch.tokens)[..., None], np.asarray(batch.factor_tokens)], axis=-1
+        ).astype(np.int64)
+        b = ids.shape[0]
         _, h, w = self.latent_shape
         f = self.vocab.visual_factors
 
         def read(name):
             seg = self.segment(task, name)
-            return tokens[:, seg.start : seg.stop]
+            return ids[:, seg.start : seg.stop]
+
+        def video_of(name):
+            return self.vocab.visual_from_ids(read(name).reshape(b, -1, h, w, f))
 
         video = audio = None
         if spec.video_output != "none":
-            video = self.vocab.visual_from_ids(read("video_out").reshape(b, -1, h, w, f))
+            video = video_of("video_out")
             if spec.video_output == "rest":
-                given = self.vocab.visual_from_ids(read("video_in").reshape(b, -1, h, w, f))
-                video = np.concatenate([given, video], axis=1)
+                video = np.concatenate([video_of("video_in"), video], axis=1)
         if spec.audio_output != "none":
-            audio = self.vocab.audio_from_ids(read("audio_out"))
+            audio = self.vocab.audio_from_ids(read("audio_out")[..., 0])
             if spec.audio_output == "rest":
-                audio = np.concatenate([self.vocab.audio_from_ids(read("audio_in")), audio], 2)
+                given = self.vocab.audio_from_ids(read("audio_in")[..., 0])
+                audio = np.concatenate([given, audio], 2)
         return TaskOutputs(video, audio)
 
 

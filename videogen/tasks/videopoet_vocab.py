@@ -13,16 +13,18 @@ English words" is not included, text enters as encoder embeddings only.
 
 Visual layouts. ``visual_factors = 1`` is the thesis: one id per LFQ code.
 ``visual_factors = f > 1`` splits a 2^K code into ``f`` sub-tokens of 2^(K/f) codes
-(Sec. 5.3.2; `videogen.models.quantizers.factorize_indices`, low bits first), each
-a position of its own in the sequence, factor ``j`` owning the disjoint range
-``[j * 2^(K/f), (j + 1) * 2^(K/f))`` of the visual block (like the audio levels, so
-that an id says which factor it is). Why: the output softmax and the embedding table
-scale with the vocabulary. At 2^18 they hold 2^18 x width parameters and every
-position's logits cost 2^18 multiply-adds per width unit; on a CPU, or with few
-training tokens per code, the thesis' 2 x 2^9 (1,024 ids) or a 10-bit code as
-2 x 2^5 (64 ids) trains in minutes, at the price of ``f`` times more visual
-positions. A video's ids are its ``[t, h, w]`` grid in raster order, each code's
-``f`` factors consecutive.
+(Sec. 5.3.2; `videogen.models.quantizers.factorize_indices`, low bits first), factor
+``j`` owning the disjoint range ``[j * 2^(K/f), (j + 1) * 2^(K/f))`` of the visual block
+(like the audio levels, so that an id says which factor it is). Why: the output softmax
+and the embedding table scale with the vocabulary. At 2^18 they hold 2^18 x width
+parameters and every position's logits cost 2^18 multiply-adds per width unit; on a
+CPU, or with few training tokens per code, the thesis' 2 x 2^9 (1,024 ids) or a 10-bit
+code as 2 x 2^5 (64 ids) trains in minutes. A code still takes one sequence position:
+its ``f`` sub-token ids sit side by side (`LayoutBatch.factor_tokens`), the model
+embeds their sum and predicts factor ``j`` from the position's output and factors
+``< j`` (`videogen.models.prefix_lm`), as MAGVIT's transformer embeds and predicts
+factorized tokens (Sec. 5.3.2). A video's codes are its ``[t, h, w]`` grid in raster
+order.
 
 Task tokens. The thesis gives ``<task>`` "a unique value for each unique output":
 "text-to-video, image-to-video, and unconditioned video generation share the same

@@ -30,7 +30,13 @@ from videogen import config as config_lib
 from videogen import optim, precision, sharding
 from videogen.evaluation import audio_grid, video_grid
 from videogen.data import token_files
-from videogen.models.prefix_lm import PREFIX_LM_SIZES, PrefixLM, next_token_nll
+from videogen.models.prefix_lm import (
+    PREFIX_LM_SIZES,
+    Predictions,
+    PrefixLM,
+    next_token_nll,
+    target_weights,
+)
 from videogen.trainers import loop
 from videogen.trainers.transformer_state import TransformerTrainState, create_transformer_state
 from videogen.trainers.maskgit import drop_empty_groups
@@ -49,11 +55,17 @@ def model_sizes(model: ml_collections.ConfigDict) -> dict[str, int]:
     return config_lib.transformer_sizes(model, PREFIX_LM_SIZES, "PREFIX_LM_SIZES")
 
 
+def factor_ranges(vocab) -> tuple[tuple[int, int], ...]:
+    """``[lo, hi)`` of visual factors 1.. (`PrefixLM.factor_ranges`)."""
+    return tuple(vocab.visual_factor_range(j) for j in range(1, vocab.visual_factors))
+
+
 def build_model(config: ml_collections.ConfigDict, setup: VideoPoetSetup) -> PrefixLM:
     return PrefixLM(
         vocab_size=setup.vocab.size,
         pad_id=setup.vocab.pad_id,
         text_dim=setup.text_dim,
+        factor_ranges=factor_ranges(setup.vocab),
         **model_sizes(config.model),
         dropout_rate=config.model.dropout_rate,
         attention_dropout_rate=config.model.attention_dropout_rate,
@@ -76,27 +88,38 @@ def create_train_state(
 
 
 def output_metrics(
-    logits: Float[Array, "b l v"],
-    tokens: Int[Array, "b l"],
-    loss_mask: Bool[Array, "b l"],
+    predictions: Predictions,
+    model: PrefixLM,
+    seq: dict[str, Array],
     rows: Int[Array, " b"],
     task_names: tuple[str, ...],
 ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
-    """The loss (mean next-token cross entropy over all output tokens of the batch, as
-    `prefix_lm_loss`), the next-token accuracy on them, and per task its loss and example
-    count (absent tasks: NaN loss, count 0; `drop_empty_groups` removes them)."""
-    nll = next_token_nll(logits, tokens)
-    weights = loss_mask[:, 1:].astype(jnp.float32)
-    loss = jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-    correct = (jnp.argmax(logits[:, :-1], axis=-1) == tokens[:, 1:]).astype(jnp.float32)
+    """The loss (mean next-token cross entropy over every predicted id of the batch's
+    outputs, visual factors included, as `prefix_lm_loss`), the next-token accuracy on
+    those ids, and per task its loss and example count (absent tasks: NaN loss, count 0;
+    `drop_empty_groups` removes them). ``seq``: `assemble`'s fields."""
+    tokens, factor_tokens = seq["tokens"], seq["factor_tokens"]
+    starts = jnp.asarray([lo for lo, _ in model.factor_ranges], jnp.int32)
+    nll, factor_nll = next_token_nll(predictions, tokens, factor_tokens, starts)
+    weights, factor_weights = target_weights(factor_tokens, seq["loss_mask"], model.pad_id)
+    # Per example and position: summed nll, predicted ids, correct argmaxes.
+    summed = nll * weights + jnp.sum(factor_nll * factor_weights, axis=-1)
+    counted = weights + jnp.sum(factor_weights, axis=-1)
+    correct = (jnp.argmax(predictions.logits[:, :-1], axis=-1) == tokens[:, 1:]) * weights
+    if model.factor_ranges:
+        factor_argmax = jnp.argmax(predictions.factor_logits[:, :-1], axis=-1) + starts
+        factor_correct = (factor_argmax == factor_tokens[:, 1:]) * factor_weights
+        correct = correct + jnp.sum(factor_correct, axis=-1)
+    total = jnp.maximum(jnp.sum(counted), 1.0)
+    loss = jnp.sum(summed) / total
     metrics = {
         "loss": loss,
-        "output_accuracy": jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0),
-        "output_tokens": jnp.sum(weights),
+        "output_accuracy": jnp.sum(correct) / total,
+        "output_tokens": jnp.sum(counted),
     }
     groups = jax.nn.one_hot(rows, len(task_names), dtype=jnp.float32)  # [b, tasks]
-    task_nll = groups.T @ jnp.sum(nll * weights, axis=1)
-    task_tokens = groups.T @ jnp.sum(weights, axis=1)
+    task_nll = groups.T @ jnp.sum(summed, axis=1)
+    task_tokens = groups.T @ jnp.sum(counted, axis=1)
     examples = jnp.sum(groups, axis=0)
     for k, name in enumerate(task_names):
         metrics[f"tasks/{name}/examples"] = examples[k]
@@ -140,15 +163,16 @@ def train_step(
     model = train_state.model
 
     def loss_fn(model):
-        logits = model(
+        predictions = model(
             seq["tokens"],
+            seq["factor_tokens"],
             seq["prefix_length"],
             seq["text_embeddings"],
             seq["text_mask"],
             seq["text_positions"],
             deterministic=False,
         )
-        return output_metrics(logits, seq["tokens"], seq["loss_mask"], rows, setup.layout.tasks)
+        return output_metrics(predictions, model, seq, rows, setup.layout.tasks)
 
     (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     train_state.optimizer.update(model, grads)

@@ -173,7 +173,7 @@ class VideoPoetEvaluator:
             inputs = inputs._replace(condition=inputs.condition[:, index])
         batch = layout.build(task, inputs)
         guided = layout.has_text(task) and s.guidance_scale != 1.0
-        tokens = sample(
+        sampled = sample(
             model,
             batch,
             key,
@@ -187,7 +187,7 @@ class VideoPoetEvaluator:
             audio_top_k=s.audio_top_k,
             audio_top_p=s.audio_top_p,
         )
-        outputs = layout.outputs(task, np.asarray(tokens))
+        outputs = layout.outputs(task, sampled)
         out = {}
         if outputs.video is not None:
             clips = self._detokenize(self._video_state, outputs.video)

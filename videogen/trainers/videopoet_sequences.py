@@ -8,10 +8,11 @@ code it copies), and `assemble` gathers each example's sequence from its task's 
 The result is what `SequenceLayout.build` gives for the same inputs (a test checks it
 task by task), without a host round trip or one compiled program per task.
 
-An example's codes are one flat id vector (`example_ids`):
-``[visual ids of the clip | audio ids | visual ids of each painting condition]``,
-visual ids in the layout's order (``[t, h, w]`` raster, each code's factors
-consecutive), audio ids level-major over the clip's frames.
+An example's codes are one vector of slots (`example_ids`), each slot a position's ids
+(``tokens`` and ``factor_tokens`` of `LayoutBatch`):
+``[visual codes of the clip | audio ids | visual codes of each painting condition]``,
+visual codes in the layout's ``[t, h, w]`` raster order with their ``f`` factor ids,
+audio ids level-major over the clip's frames (``<pad>`` as their factors).
 """
 
 from __future__ import annotations
@@ -130,48 +131,54 @@ def example_ids(
     video: Int[Array, "b t h w"],
     audio: Int[Array, "b levels frames"] | None = None,
     conditions: Int[Array, "b c t h w"] | None = None,
-) -> Int[Array, "b e"]:
-    """One id vector per example: the clip's visual ids, its audio ids, each painting
-    condition's visual ids (``conditions[:, i]`` for ``templates.paint_tasks[i]``)."""
+) -> Int[Array, "b e f"]:
+    """One vector of id slots per example: the clip's visual codes, its audio ids, each
+    painting condition's visual codes (``conditions[:, i]`` for
+    ``templates.paint_tasks[i]``); slot ``[.., k, :]`` holds a position's ``f`` ids."""
     vocab = templates.layout.vocab
-    b = video.shape[0]
-    parts = [vocab.visual_to_ids(video).reshape(b, -1)]
+    b, f = video.shape[0], vocab.visual_factors
+
+    def visual(codes):
+        return vocab.visual_to_ids(codes).reshape(b, -1, f)
+
+    parts = [visual(video)]
     if templates.layout.audio_frames and vocab.audio_levels:
         if audio is None:
             raise ValueError(
                 "this layout has audio: pass the clips' RVQ codes [b, levels, frames]."
             )
-        parts.append(vocab.audio_to_ids(audio))
+        ids = jnp.asarray(vocab.audio_to_ids(audio))[..., None]
+        parts.append(jnp.pad(ids, ((0, 0), (0, 0), (0, f - 1)), constant_values=vocab.pad_id))
     if templates.paint_tasks:
         if conditions is None or conditions.shape[1] != len(templates.paint_tasks):
             raise ValueError(
                 f"painting tasks {list(templates.paint_tasks)} need one COMMIT condition clip "
                 "each: conditions [b, tasks, t, h, w]."
             )
-        parts += [
-            vocab.visual_to_ids(conditions[:, i]).reshape(b, -1)
-            for i in range(len(templates.paint_tasks))
-        ]
+        parts += [visual(conditions[:, i]) for i in range(len(templates.paint_tasks))]
     return jnp.concatenate([jnp.asarray(p, jnp.int32) for p in parts], axis=1)
 
 
 def assemble(
     templates: SequenceTemplates,
     rows: Int[Array, " b"],
-    ids: Int[Array, "b e"],
+    ids: Int[Array, "b e f"],
     text_embeddings: Float[Array, "b n d"] | None = None,
     text_mask: Bool[Array, "b n"] | None = None,
 ) -> dict[str, Array]:
     """The sequences of tasks ``rows`` (rows of ``templates``) from examples ``ids``.
 
-    Returns the `LayoutBatch` fields the model and loss read: ``tokens``, ``loss_mask``,
+    Returns the `LayoutBatch` fields the model and loss read: ``tokens``,
+    ``factor_tokens``, ``loss_mask``,
     ``prefix_length``, ``text_embeddings``, ``text_mask`` (False for tasks without text)
     and ``text_positions``; plus ``task_index`` (into `videopoet_vocab.TASKS`).
     """
     layout = templates.layout
     source = jnp.asarray(templates.source)[rows]
-    gathered = jnp.take_along_axis(ids, jnp.maximum(source, 0), axis=1)
-    tokens = jnp.where(source >= 0, gathered, jnp.asarray(templates.constant)[rows])
+    gathered = jnp.take_along_axis(ids, jnp.maximum(source, 0)[..., None], axis=1)
+    copied = (source >= 0)[..., None]
+    tokens = jnp.where(copied[..., 0], gathered[..., 0], jnp.asarray(templates.constant)[rows])
+    factor_tokens = jnp.where(copied, gathered[..., 1:], layout.vocab.pad_id)
     b, m = rows.shape[0], layout.max_text_tokens
     if text_embeddings is None:
         text_embeddings = jnp.zeros((b, m, max(layout.text_dim, 1)), jnp.float32)
@@ -180,6 +187,7 @@ def assemble(
     task_index = np.asarray([TASKS.index(task) for task in layout.tasks], np.int32)
     return {
         "tokens": tokens.astype(jnp.int32),
+        "factor_tokens": factor_tokens.astype(jnp.int32),
         "loss_mask": jnp.asarray(templates.loss_mask)[rows],
         "prefix_length": jnp.asarray(templates.prefix_length)[rows],
         "text_embeddings": text_embeddings,
