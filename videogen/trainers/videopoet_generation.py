@@ -12,6 +12,8 @@ the frozen tokenizers and scores them:
 - I2V / FP: FVD of the clips next to the copy-last-frame baseline (`eval.frechet`), and of
   the clips with the real given frames in place of their decoded ones (`with_given_frames`:
   the baseline keeps real given frames, so only this FVD compares the continuations alone);
+  and the ceiling the video tokenizer sets: the held-out clip's own codes decoded, with the
+  real given frames (``true_codes_fvd``), what a model predicting every code right scores;
 - audio outputs (AVCont, V2A): the fraction whose pitch names the clip's digit
   (`audio_tokenizer.digit_of_pitch`, on the generated samples only).
 
@@ -214,6 +216,9 @@ class VideoPoetEvaluator:
         totals: dict[str, dict[str, float]] = {task: {} for task in self.tasks}
         generated: dict[str, list[np.ndarray]] = {task: [] for task in FVD_TASKS}
         real_videos: list[np.ndarray] = []
+        # The held-out clips' own codes decoded, for the continuations' tokenizer ceiling.
+        decoded_real: list[np.ndarray] = []
+        ceiling = self.frechet is not None and any(t in CONTINUATIONS for t in self.tasks)
         grids, audio, sound_grids = {}, {}, {}
         count = 0
         hop = self.setup.audio_tokenizer.hop_length if self.setup.audio_tokenizer is not None else 0
@@ -225,6 +230,9 @@ class VideoPoetEvaluator:
             inputs = self.inputs(batch)
             video, labels = np.asarray(batch["video"]), np.asarray(batch["label"])
             real_videos.append(video)
+            if ceiling:
+                codes = self._detokenize(self._video_state, inputs.video)
+                decoded_real.append(video_grid.to_uint8(np.asarray(codes)))
             count += len(labels)
             captions = [str(c) for c in batch.get("caption", [""] * len(labels))]
             for k, task in enumerate(self.tasks):
@@ -273,13 +281,14 @@ class VideoPoetEvaluator:
         for task, sums in totals.items():
             results.update(loop.clip_means(task, sums, count, config.eval.batch_size))
         if self.frechet is not None:
-            results.update(self._frechet(generated, real_videos))
+            results.update(self._frechet(generated, real_videos, decoded_real))
         return loop.EvalOutput(results, grids, audio)
 
-    def _frechet(self, generated, real_videos) -> dict[str, float]:
+    def _frechet(self, generated, real_videos, decoded_real) -> dict[str, float]:
         """FVD of `FVD_TASKS`' clips as decoded; for continuations also with the real given
-        frames in place of their decoded ones (``given_frames_fvd``) and of the copy-last-frame
-        baseline, which keeps the real given frames too."""
+        frames in place of their decoded ones (``given_frames_fvd``), of the copy-last-frame
+        baseline, which keeps the real given frames too, and of the real clips' own codes
+        decoded with the real given frames (``true_codes_fvd``, the tokenizer's ceiling)."""
         config, protocol = self.config, self.config.eval.frechet
         real_source = sources.make_source(
             config,
@@ -312,6 +321,10 @@ class VideoPoetEvaluator:
                 ]
                 streams["copy_last_frame_"] = [
                     copy_last_frame(v, first)[:, :frames] for v in real_videos
+                ]
+                streams["true_codes_"] = [
+                    with_given_frames(d, v, first)[:, :frames]
+                    for d, v in zip(decoded_real, real_videos)
                 ]
             for prefix, batches in streams.items():
                 stream = evaluator.FoldedStream(batches, protocol.num_samples)
