@@ -35,7 +35,7 @@ def _videopoet():
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, steps=1000, painting=False)
+    args = config_lib.parse_arg(arg, steps=3000, painting=False)
     c = _videopoet().videopoet_config()
     c.tokenizer_workdir = "runs/quickstart/tokenizer"
     c.tokenizer_command = (
