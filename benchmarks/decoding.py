@@ -310,9 +310,14 @@ def main():
     rows = []
     for spec in args.configs.split(","):
         if load_config(spec).trainer == "videopoet":
-            rows += measure_videopoet(spec, args.batch, args.repeats, args.uncached_seconds)
+            measured = measure_videopoet(spec, args.batch, args.repeats, args.uncached_seconds)
         else:
-            rows += measure_magvit(spec, args.batch, args.repeats)
+            measured = measure_magvit(spec, args.batch, args.repeats)
+        # Each config's rows as soon as they are measured (against the peak so far): a long
+        # run stopped part-way keeps them.
+        for r in measured:
+            print("  " + table_row(r, before), flush=True)
+        rows += measured
     after = measure_matmul_gflops()["peak_gflops"]
     peak = max(before, after)
     print(f"float32 matmul peak after the rows: {after:.0f} GFLOP/s; peak {peak:.0f}", flush=True)
@@ -322,16 +327,20 @@ def main():
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        rate = r["batch"] * r["timed"] / r["seconds"]
-        whole = r["seconds"] / r["batch"] * r["tokens"] / r["timed"]
-        gflops = r["flops"] / r["seconds"] / 1e9
-        print(
-            f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['decoding']} | {r['output']} | "
-            f"{r['timed']} of {r['tokens']} | {rate:.2f} | "
-            f"{whole:.3g}{' (extrapolated)' if r['timed'] < r['tokens'] else ''} | "
-            f"{gflops:.0f} ({gflops / peak:.2f}) |",
-            flush=True,
-        )
+        print(table_row(r, peak), flush=True)
+
+
+def table_row(r: dict, peak: float) -> str:
+    """One measured row as a Markdown table row; GFLOP/s as a fraction of ``peak``."""
+    rate = r["batch"] * r["timed"] / r["seconds"]
+    whole = r["seconds"] / r["batch"] * r["tokens"] / r["timed"]
+    gflops = r["flops"] / r["seconds"] / 1e9
+    return (
+        f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['decoding']} | {r['output']} | "
+        f"{r['timed']} of {r['tokens']} | {rate:.2f} | "
+        f"{whole:.3g}{' (extrapolated)' if r['timed'] < r['tokens'] else ''} | "
+        f"{gflops:.0f} ({gflops / peak:.2f}) |"
+    )
 
 
 if __name__ == "__main__":

@@ -62,16 +62,7 @@ def setup():
         if isinstance(var, nnx.Param) and var.ndim >= 2:
             var[...] = var[...] * 5.0
     model.token_embedding[...] = model.token_embedding[...] * 4.0
-    forward = nnx.jit(
-        lambda m, b: m(
-            b.tokens,
-            b.factor_tokens,
-            b.prefix_length,
-            b.text_embeddings,
-            b.text_mask,
-            b.text_positions,
-        )
-    )
+    forward = nnx.jit(lambda m, b: m(*b.model_args))
     text = np.random.default_rng(0).normal(size=(B, 4, 6)).astype(np.float32)
     return types.SimpleNamespace(
         model=model,

@@ -52,16 +52,7 @@ def _inputs(seed: int) -> TaskInputs:
 @pytest.fixture(scope="module")
 def lm():
     model = nnx.jit(_model)()
-    forward = nnx.jit(
-        lambda m, b: m(
-            b.tokens,
-            b.factor_tokens,
-            b.prefix_length,
-            b.text_embeddings,
-            b.text_mask,
-            b.text_positions,
-        )
-    )
+    forward = nnx.jit(lambda m, b: m(*b.model_args))
     prefill = nnx.jit(
         lambda m, b, mask, cache: m.prefill(
             b.tokens[:, :FP_PREFIX],

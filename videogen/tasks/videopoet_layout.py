@@ -148,6 +148,18 @@ class LayoutBatch(NamedTuple):
     text_positions: Int[np.ndarray, "b n"]  # sequence position of each text slot
     task_index: Int[np.ndarray, " b"]  # index into videopoet_vocab.TASKS
 
+    @property
+    def model_args(self) -> tuple:
+        """The prefix LM's positional inputs, in `PrefixLM.__call__`'s order."""
+        return (
+            self.tokens,
+            self.factor_tokens,
+            self.prefix_length,
+            self.text_embeddings,
+            self.text_mask,
+            self.text_positions,
+        )
+
 
 class TaskOutputs(NamedTuple):
     """What a task produces, read back from its sequence: the completed clip (input frames
