@@ -34,8 +34,9 @@ PAINT_TASKS = tuple(COMMIT_TASKS)
 class SequenceTemplates:
     """Per-task tables of a `SequenceLayout` (numpy; row ``k`` is ``layout.tasks[k]``).
 
-    ``source[k, p]``: index into the example's id vector that position ``p`` copies, or -1
-    for the constant ``constant[k, p]`` (special tokens, ``<pad>`` text slots and padding).
+    ``source[k, p]``: the slot of the example's ids (`example_ids`) that position ``p``
+    copies, or -1 for the constant ``constant[k, p]`` (special tokens, ``<pad>`` text slots
+    and padding).
     """
 
     layout: SequenceLayout
@@ -115,7 +116,7 @@ class SequenceTemplates:
 
     @property
     def example_length(self) -> int:
-        """Ids per example in `example_ids`."""
+        """Slots per example in `example_ids`."""
         layout = self.layout
         video = layout.latent_shape[0] * layout.tokens_per_frame
         audio = layout.audio_frames * layout.vocab.audio_levels
