@@ -14,7 +14,12 @@ latent-grid baseline (the clip averaged down to the token grid and linearly up-s
 trainers/tokenizer.py), and their difference. A tokenizer worth its tokens beats the baseline.
 `cast` is the reconstruction's mean signed error per colour channel (R/G/B, uint8 levels):
 a tokenizer that learnt too few colours pulls unseen ones towards grey, which shows here as
-a cast against the source's dominant colour.
+a cast against the source's dominant colour. `coarse` / `fine` split the reconstruction's
+error in two: `coarse` is the PSNR of its part at the token grid's resolution (the error
+passed through the baseline's own down- and up-sampling: wrong colours and brightness of
+whole token cells, which the baseline gets almost right), `fine` the PSNR of the rest (detail
+inside the cells, all the baseline loses). A tokenizer below the baseline with a low `coarse`
+loses on what the baseline keeps, not on detail.
 
 Sizes are `TxHxW` clips (square), `quickstart` (experiments/quickstart_tokenizer.py's clip
 size) or `trained` (the run's own); the tokenizer is fully convolutional, so larger clips
@@ -43,7 +48,7 @@ from videogen.trainers.tokenizer import latent_resolution_baseline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ("eval", "eval_same_sources")
-METRICS = ("psnr", "baseline_psnr", "ssim", "baseline_ssim")
+METRICS = ("psnr", "baseline_psnr", "ssim", "baseline_ssim", "coarse_psnr", "fine_psnr")
 
 
 def parse_size(size: str, run_config) -> tuple[int, int]:
@@ -70,13 +75,18 @@ def metrics(graphdef, state, video):
     reconstruction, _ = model(target)
     target01 = (target + 1) / 2
     recon01 = jnp.clip((reconstruction + 1) / 2, 0.0, 1.0)
-    baseline01 = latent_resolution_baseline(target01, model.latent_shape(*video.shape[1:4]))
+    grid = model.latent_shape(*video.shape[1:4])
+    baseline01 = latent_resolution_baseline(target01, grid)
+    error = recon01 - target01
+    coarse = latent_resolution_baseline(error, grid)
     return {
         "psnr": image_metrics.psnr(recon01, target01, max_value=1.0),
         "baseline_psnr": image_metrics.psnr(baseline01, target01, max_value=1.0),
         "ssim": image_metrics.ssim(recon01, target01, max_value=1.0),
         "baseline_ssim": image_metrics.ssim(baseline01, target01, max_value=1.0),
-        "cast": jnp.mean(recon01 - target01, axis=(1, 2, 3)) * 255.0,  # [b, c]
+        "coarse_psnr": image_metrics.psnr(coarse, jnp.zeros_like(coarse), max_value=1.0),
+        "fine_psnr": image_metrics.psnr(error - coarse, jnp.zeros_like(coarse), max_value=1.0),
+        "cast": jnp.mean(error, axis=(1, 2, 3)) * 255.0,  # [b, c]
     }
 
 
@@ -138,7 +148,7 @@ def main() -> None:
         f", stride {stride}); {args.per_source} clips per source"
     )
     header = f"{'size':9} {'split':17} {'source':12} {'clips':>5} {'psnr':>6} {'base':>6}"
-    header += f" {'gain':>6} {'ssim':>6} {'base':>6}  cast R/G/B"
+    header += f" {'gain':>6} {'ssim':>6} {'base':>6} {'coarse':>6} {'fine':>6}  cast R/G/B"
     print(header)
     results = {}
     for size in args.sizes.split(","):
@@ -161,7 +171,8 @@ def main() -> None:
                 print(
                     f"{name:9} {split:17} {key:12} {row['clips']:5d} {row['psnr']:6.2f} "
                     f"{row['baseline_psnr']:6.2f} {gain:+6.2f} {row['ssim']:6.3f} "
-                    f"{row['baseline_ssim']:6.3f}  " + "/".join(f"{v:+.1f}" for v in row["cast"])
+                    f"{row['baseline_ssim']:6.3f} {row['coarse_psnr']:6.2f} {row['fine_psnr']:6.2f}  "
+                    + "/".join(f"{v:+.1f}" for v in row["cast"])
                 )
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
