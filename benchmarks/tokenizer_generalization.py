@@ -1,7 +1,8 @@
 """Tokenizer generalisation: reconstructions against the latent-grid baseline, per real source.
 
     python benchmarks/tokenizer_generalization.py --workdir=runs/tok \
-        [--sizes=quickstart,17x64x64] [--per_source=8] [--output=runs/tok/generalization.json]
+        [--sizes=quickstart,17x64x64] [--per_source=8] [--clip_seed=0] \
+        [--output=runs/tok/generalization.json]
 
 Loads the EMA tokenizer of a tokenizer run (as stage 2 does: frozen_tokenizer.load_tokenizer)
 and reconstructs `per_source` clips of every real-content source (videogen/data/real_clips.py)
@@ -20,6 +21,11 @@ passed through the baseline's own down- and up-sampling: wrong colours and brigh
 whole token cells, which the baseline gets almost right), `fine` the PSNR of the rest (detail
 inside the cells, all the baseline loses). A tokenizer below the baseline with a low `coarse`
 loses on what the baseline keeps, not on detail.
+
+`solid` reconstructs clips of one colour (black, grey, white, a dark blue sky, ...): the
+simplest content there is, which the baseline returns exactly. A tokenizer whose group norms
+see nearly constant features here (statistics over a flat frame carry no level) can return
+them with casts that no textured clip shows.
 
 Sizes are `TxHxW` clips (square), `quickstart` (experiments/quickstart_tokenizer.py's clip
 size) or `trained` (the run's own); the tokenizer is fully convolutional, so larger clips
@@ -49,6 +55,17 @@ from videogen.trainers.tokenizer import latent_resolution_baseline
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ("eval", "eval_same_sources")
 METRICS = ("psnr", "baseline_psnr", "ssim", "baseline_ssim", "coarse_psnr", "fine_psnr")
+# Solid colours, uint8 RGB: the digits' background, greys, and colours of skies, foliage, skin.
+SOLID_COLOURS = {
+    "black": (0, 0, 0),
+    "grey": (128, 128, 128),
+    "white": (230, 230, 230),
+    "night_sky": (20, 30, 60),
+    "sky": (40, 60, 110),
+    "red": (180, 40, 30),
+    "foliage": (60, 140, 60),
+    "sand": (200, 170, 90),
+}
 
 
 def parse_size(size: str, run_config) -> tuple[int, int]:
@@ -121,6 +138,27 @@ def measure_split(compute, source: real_clips.RealClips, batch_size: int) -> dic
     return table
 
 
+def solid_clips(num_frames: int, resolution: int) -> np.ndarray:
+    """uint8 [len(SOLID_COLOURS), T, H, W, 3]: one clip of each solid colour."""
+    colours = np.array(list(SOLID_COLOURS.values()), np.uint8)
+    return np.broadcast_to(
+        colours[:, None, None, None, :], (len(colours), num_frames, resolution, resolution, 3)
+    ).copy()
+
+
+def measure_solid(compute, num_frames: int, resolution: int, batch_size: int) -> dict:
+    """{colour name: {"psnr", "cast"}} of the solid-colour clips."""
+    clips = solid_clips(num_frames, resolution)
+    rows = {}
+    for start in range(0, len(clips), batch_size):
+        chunk = clips[start : start + batch_size]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
+        out = jax.device_get(compute(padded))
+        for j, name in enumerate(list(SOLID_COLOURS)[start : start + len(chunk)]):
+            rows[name] = {"psnr": float(out["psnr"][j]), "cast": out["cast"][j].round(2).tolist()}
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a tokenizer run directory")
@@ -128,6 +166,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="quickstart,17x64x64")
     parser.add_argument("--per_source", type=int, default=8, help="clips per source and split")
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument(
+        "--clip_seed",
+        type=int,
+        default=0,
+        help="seed of the clips drawn (not the run's seed: runs trained with other seeds are "
+        "measured on the same clips)",
+    )
     parser.add_argument("--output", default="", help="also write the results as JSON here")
     args = parser.parse_args()
 
@@ -162,7 +207,7 @@ def main() -> None:
                 resolution=resolution,
                 frame_stride=stride,
                 num_examples=args.per_source * len(real_clips.split_sources(split)),
-                seed=run_config.seed,
+                seed=args.clip_seed,
             )
             table = measure_split(compute, source, args.batch_size)
             results[name][split] = table
@@ -174,6 +219,15 @@ def main() -> None:
                     f"{row['baseline_ssim']:6.3f} {row['coarse_psnr']:6.2f} {row['fine_psnr']:6.2f}  "
                     + "/".join(f"{v:+.1f}" for v in row["cast"])
                 )
+        solid = measure_solid(compute, num_frames, resolution, args.batch_size)
+        results[name]["solid"] = solid
+        print(
+            f"{name:9} solid colours (psnr, cast R/G/B): "
+            + ", ".join(
+                f"{colour} {row['psnr']:.1f} " + "/".join(f"{v:+.0f}" for v in row["cast"])
+                for colour, row in solid.items()
+            )
+        )
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             json.dump(
