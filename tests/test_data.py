@@ -176,6 +176,26 @@ def test_train_source_augments_train_clips_only_and_mirrors_captions():
     assert sources.mirror_caption("a bright leftover") == "a bright leftover"
 
 
+def test_train_source_augments_only_the_named_parts_of_a_mixture():
+    config = ml_collections.ConfigDict(
+        {"data": config_lib.data_config(), "eval": {"path": ""}, "seed": 0}
+    )
+    config.data.update(name="moving_digits+real_clips", num_frames=3, resolution=16)
+    plain = sources.train_source(config)
+    config.data.augment.update(colour_jitter=0.5, datasets=("real_clips",))
+    augmented = sources.train_source(config)
+    changed = {"moving_digits": 0, "real_clips": 0}
+    for i in range(16):
+        a, b = augmented[i], plain[i]
+        part = "real_clips" if "source" in b else "moving_digits"
+        changed[part] += _digest(a["video"]) != _digest(b["video"])
+    # Mixed 1:1 in alternation: 8 clips of each part, only the real ones jittered.
+    assert changed == {"moving_digits": 0, "real_clips": 8}
+    config.data.augment.datasets = ("real_clip",)
+    with pytest.raises(ValueError, match=r"augment.datasets names \['real_clip'\].*'moving_digits"):
+        sources.train_source(config)
+
+
 # ---------------------------------------------------------------- moving digits
 
 

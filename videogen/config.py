@@ -165,9 +165,17 @@ def data_config() -> ml_collections.ConfigDict:
             short_files="pad",
             # Train clips only (videogen/data/transforms.py `augment`): mirror images, a
             # zoom-in by up to max_zoom, the colour channels in a random order, white
-            # balance and saturation changed by up to a factor 1 + colour_jitter.
+            # balance and saturation changed by up to a factor 1 + colour_jitter; `datasets`
+            # names the parts of a "+" mixture augmented (all when empty): colour-jittered
+            # digits cost the quickstart's generator its margins (BUILD_NOTES.md).
             augment=ml_collections.ConfigDict(
-                dict(flip=False, max_zoom=1.0, permute_channels=False, colour_jitter=0.0)
+                dict(
+                    flip=False,
+                    max_zoom=1.0,
+                    permute_channels=False,
+                    colour_jitter=0.0,
+                    datasets=(),
+                )
             ),
             # Appended to a "data not found" error: where the data must be, and what to run instead.
             missing_hint="",

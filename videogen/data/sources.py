@@ -12,7 +12,7 @@ unless a caller asks for other frames.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import re
 from typing import Any
 
@@ -96,6 +96,7 @@ def make_source(
     with_audio: bool = False,
     temporal_windows: int = 1,
     spatial_crops: int = 1,
+    wrap_part: Callable[[int, str, pipeline.VideoSource], pipeline.VideoSource] | None = None,
 ) -> pipeline.VideoSource:
     """The source of `spec` for `split`, with the clip shape of `config.data`.
 
@@ -105,7 +106,8 @@ def make_source(
     protocol's clip length). `with_audio` asks file sources for their audio tracks.
     `temporal_windows x spatial_crops` views of each eval video (video folders only):
     an evaluation protocol's real-clip sampling. `data.short_files` says what a video
-    folder does with files shorter than a clip ("pad" or "skip").
+    folder does with files shorter than a clip ("pad" or "skip"). `wrap_part(position,
+    name, source)` replaces each part's source before mixing (train-time augmentation).
     """
     data = config.data
     path = data.path if split == "train" else config.eval.path or data.path
@@ -132,6 +134,8 @@ def make_source(
         )
         for name, share in parts
     ]
+    if wrap_part is not None:
+        sources = [wrap_part(i, name, s) for i, ((name, _), s) in enumerate(zip(parts, sources))]
     if len(sources) == 1:
         return sources[0]
     return MixtureSource(sources, [share for _, share in parts])
@@ -157,20 +161,22 @@ def mirror_caption(caption: str) -> str:
 
 class AugmentedSource:
     """The examples of `source` with `transforms.augment` applied to their `video`, drawn
-    from (seed, index) so that the same example always gets the same augmentation; the
-    caption of a mirrored clip swaps left and right."""
+    from (seed, part, index) so that the same example always gets the same augmentation
+    (`part`: the source's position in its mixture); the caption of a mirrored clip swaps
+    left and right."""
 
     def __init__(
         self,
         source: pipeline.VideoSource,
         *,
         seed: int,
+        part: int = 0,
         flip: bool,
         max_zoom: float,
         permute_channels: bool,
         colour_jitter: float,
     ):
-        self.source, self.seed = source, seed
+        self.source, self.seed, self.part = source, seed, part
         self.options = dict(
             flip=flip,
             max_zoom=max_zoom,
@@ -184,7 +190,7 @@ class AugmentedSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = dict(self.source[index])
-        rng = np.random.default_rng((self.seed, _AUGMENT_STREAM, int(index)))
+        rng = np.random.default_rng((self.seed, _AUGMENT_STREAM, self.part, int(index)))
         example["video"], mirrored = transforms.augment(example["video"], rng, **self.options)
         if mirrored and "caption" in example:
             example["caption"] = mirror_caption(str(example["caption"]))
@@ -202,24 +208,41 @@ class AugmentedSource:
 def train_source(
     config: ml_collections.ConfigDict, *, with_audio: bool = False
 ) -> pipeline.VideoSource:
-    """The training source of `config.data.name`, augmented as `data.augment` says (train
-    clips only: held-out clips are never augmented); a missing dataset's error carries
+    """The training source of `config.data.name`, its parts augmented as `data.augment`
+    says (train clips only: held-out clips are never augmented; `augment.datasets` names
+    the parts augmented, all when empty); a missing dataset's error carries
     `data.missing_hint` (where the data must be, and what to run instead)."""
+    augment = config.data.augment
+    options = dict(
+        flip=augment.flip,
+        max_zoom=augment.max_zoom,
+        permute_channels=augment.permute_channels,
+        colour_jitter=augment.colour_jitter,
+    )
+    names = spec_parts(config.data.name)
+    chosen = tuple(augment.datasets) or tuple(names)
+    unknown = [name for name in chosen if name not in names]
+    if unknown:
+        raise ValueError(
+            f"data.augment.datasets names {unknown}, which data.name={config.data.name!r} "
+            f"does not mix; name parts of it ({names}), or leave it empty to augment all."
+        )
+    active = options["flip"] or options["permute_channels"]
+    active = active or options["max_zoom"] != 1.0 or options["colour_jitter"] != 0.0
+
+    def wrap_part(position: int, name: str, source: pipeline.VideoSource):
+        if not active or name not in chosen:
+            return source
+        return AugmentedSource(source, seed=config.seed, part=position, **options)
+
     try:
-        source = make_source(config, config.data.name, "train", with_audio=with_audio)
+        return make_source(
+            config, config.data.name, "train", with_audio=with_audio, wrap_part=wrap_part
+        )
     except (ValueError, FileNotFoundError) as e:
         if not config.data.missing_hint:
             raise
         raise type(e)(f"{e}\n{config.data.missing_hint}") from e
-    augment = config.data.augment
-    if not (
-        augment.flip
-        or augment.max_zoom != 1.0
-        or augment.permute_channels
-        or augment.colour_jitter != 0.0
-    ):
-        return source
-    return AugmentedSource(source, seed=config.seed, **augment.to_dict())
 
 
 def eval_batches(
