@@ -107,6 +107,13 @@ def metrics(graphdef, state, video):
     }
 
 
+def compute_padded(compute, videos: np.ndarray, batch_size: int) -> dict:
+    """`compute` on uint8 [n <= batch_size, T, H, W, C], padded to the compiled batch size
+    by repeating the last clip; rows past n are padding, for the caller to ignore."""
+    padded = np.concatenate([videos, np.repeat(videos[-1:], batch_size - len(videos), 0)])
+    return jax.device_get(compute(padded))
+
+
 def measure_split(compute, source: real_clips.RealClips, batch_size: int) -> dict:
     """{source key: {metric: mean, "clips": n}} and "all" (sources weighted equally)."""
     per_source = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -114,10 +121,7 @@ def measure_split(compute, source: real_clips.RealClips, batch_size: int) -> dic
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         examples = [source[i] for i in chunk]
-        videos = np.stack([e["video"] for e in examples])
-        # The last batch is padded to the compiled batch size; the padding is not counted.
-        padded = np.concatenate([videos, np.repeat(videos[-1:], batch_size - len(chunk), 0)])
-        out = jax.device_get(compute(padded))
+        out = compute_padded(compute, np.stack([e["video"] for e in examples]), batch_size)
         for j, example in enumerate(examples):
             for key in METRICS:
                 per_source[example["source"]][key].append(float(out[key][j]))
@@ -152,8 +156,7 @@ def measure_solid(compute, num_frames: int, resolution: int, batch_size: int) ->
     rows = {}
     for start in range(0, len(clips), batch_size):
         chunk = clips[start : start + batch_size]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
-        out = jax.device_get(compute(padded))
+        out = compute_padded(compute, chunk, batch_size)
         for j, name in enumerate(list(SOLID_COLOURS)[start : start + len(chunk)]):
             rows[name] = {"psnr": float(out["psnr"][j]), "cast": out["cast"][j].round(2).tolist()}
     return rows
