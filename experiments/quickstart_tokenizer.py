@@ -35,7 +35,8 @@ def get_config(arg: str | None = None):
     c.model.num_res_blocks = 1
     # 4 channels per norm group, as the thesis' 128 channels in 32 groups: at 2 per group a
     # nearly flat frame normalises to +-1 whatever its colour, and unseen colours came back
-    # cast (with the video stage's 2e-3 below: +0.8 dB on unseen sources, BUILD_NOTES.md).
+    # cast (with the video stage's 2e-3 below: about +0.6 dB on unseen sources over two
+    # seeds, one seed's draw moving it by 0.4 dB; BUILD_NOTES.md).
     c.model.num_groups = 4
     c.model.num_bits = 18
     c.discriminator.base_channels = 16
@@ -45,7 +46,7 @@ def get_config(arg: str | None = None):
     c.num_train_steps = args.steps
     # Small model, short run: 20x the thesis' rate. 800 steps under-train the video stage
     # rather than wash out the image stage it starts from (3e-4 read 0.2 dB lower on unseen
-    # sources than 1e-3, 2e-3 with 4 norm groups 0.7 dB higher; BUILD_NOTES.md).
+    # sources than 1e-3, single draws; 2e-3 with 4 norm groups above; BUILD_NOTES.md).
     c.optimizer.peak_lr = 2e-3
     c.optimizer.warmup_steps = 100
     c.optimizer.b1 = 0.9  # momentum steadies batch-4 steps (the thesis uses 0 at batch 256)
