@@ -1,7 +1,8 @@
 """Image-to-video inflation: kernel placement ("last" / "central"), copies, errors naming the
 parameter; an inflated causal tokenizer encodes, tokenizes and decodes a clip's first frame
-exactly as its image model does the frame alone; an inflated 3D-VQ reproduces its image
-model on every frame of a static clip."""
+exactly as its image model does the frame alone, and (its up-samplers' untrained sub-frames
+filled) every frame of a static clip; an inflated 3D-VQ reproduces its image model on every
+frame of a static clip."""
 
 import types
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from videogen.models.inflation import inflate_params
+from videogen.models.inflation import fill_untrained_subframes, inflate_params
 from videogen.models.layers import CausalConv3d
 from videogen.models.tokenizer import CausalVideoTokenizer, VQVideoTokenizer
 
@@ -133,9 +134,13 @@ def _inflated_pair(cls, image_kwargs, video_kwargs, mode):
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: cls(**video_kwargs, rngs=_rngs())))
     image_params = nnx.to_pure_dict(nnx.state(image))
 
-    def video_state(mode):
+    abstract_model = nnx.merge(graphdef, abstract)
+
+    def video_state(mode, fill=True):
         state = jax.tree.map(lambda x: x, abstract)
         params = inflate_params(image_params, nnx.to_pure_dict(abstract), mode)
+        if fill:
+            params = fill_untrained_subframes(params, abstract_model)
         nnx.replace_by_pure_dict(state, params)
         return state
 
@@ -153,7 +158,7 @@ def _inflated_pair(cls, image_kwargs, video_kwargs, mode):
     run_image, run_video = runner(image_graphdef), runner(graphdef)
     return types.SimpleNamespace(
         image=lambda v: run_image(image_state, v),
-        video=lambda v, mode=mode: run_video(video_state(mode), v),
+        video=lambda v, mode=mode, fill=True: run_video(video_state(mode, fill), v),
     )
 
 
@@ -174,6 +179,28 @@ def test_last_inflated_causal_tokenizer_treats_the_first_frame_as_the_image():
     # The check can fail: the central slice does not match causal padding.
     central = pair.video(clip, mode="central")
     assert float(jnp.abs(central["z"][:, 0] - image["z"][:, 0]).max()) > 1e-3
+
+
+def test_last_inflated_causal_tokenizer_reproduces_the_image_model_on_a_static_clip():
+    # Two temporal up-samplings: output frames 1-4 come from latent 1, each from one of
+    # the 4 sub-frames, of which the image model trained only the last.
+    pair = _inflated_pair(
+        CausalVideoTokenizer,
+        dict(CAUSAL, channel_multipliers=(1, 1, 2), temporal_downsample=(True, True), temporal_kernel_size=1),
+        dict(CAUSAL, channel_multipliers=(1, 1, 2), temporal_downsample=(True, True), temporal_kernel_size=3),
+        "last",
+    )
+    frame = _video(3, frames=1)
+    static = jnp.repeat(frame, 9, axis=1)
+    image = pair.image(frame)
+    video = pair.video(static)
+    assert video["recon"].shape == (1, 9, 8, 8, 3)
+    for f in range(9):
+        np.testing.assert_allclose(video["recon"][0, f], image["recon"][0, 0], atol=1e-5)
+    # Without the copy the untrained sub-frames decode to something else.
+    unfilled = pair.video(static, fill=False)
+    np.testing.assert_allclose(unfilled["recon"][0, 0], image["recon"][0, 0], atol=1e-5)
+    assert float(jnp.abs(unfilled["recon"][0, 1] - image["recon"][0, 0]).max()) > 1e-2
 
 
 def test_central_inflated_3dvq_reproduces_the_image_model_on_a_static_clip():

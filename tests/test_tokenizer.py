@@ -1,5 +1,5 @@
-"""Tokenizers and their layers. MAGVIT-v2 causal tokenizer: temporal causality, the
-1 + s*t frame mappings, image == first video frame, token round trips, input errors,
+"""Tokenizers and their layers. MAGVIT-v2 causal tokenizer: temporal causality (also
+with the adaptive output norm), the 1 + s*t frame mappings, image == first video frame, token round trips, input errors,
 gradients through the straight-through estimator, remat and bf16 equivalence, sharding
 names. MAGVIT 3D-VQ: thesis token grid and parameter count, non-causality, reflect
 padding (a constant clip gives one token everywhere), average pooling, nearest + conv
@@ -204,6 +204,25 @@ def test_decoder_is_temporally_causal(tiny):
         first = 0 if j == 0 else 4 * j - 3  # latent j decodes frames 4j-3 .. 4j
         assert diff[:first].max(initial=0.0) <= 1e-6, (j, diff)
         assert diff[first : 4 * j + 1].min() > 1e-4, (j, diff)
+
+
+def test_adaptive_output_norm_is_temporally_causal():
+    model = _make(**MICRO, adaptive_norm_out=True)
+    for j, proj in enumerate((model.decoder.norm_out.scale, model.decoder.norm_out.bias)):
+        proj.kernel[...] = 0.3 * _normal(proj.kernel.shape, 200 + j)
+    rng = np.random.default_rng(4)
+    base = np.where(rng.random((3, 4, 4, 4)) > 0.5, 1.0, -1.0).astype(np.float32)
+    batch = [base]
+    for j in range(3):
+        changed = base.copy()
+        changed[j] *= -1.0
+        batch.append(changed)
+    video = np.asarray(nnx.jit(lambda m, z: m.decode(z))(model, jnp.asarray(np.stack(batch))))
+    for j in range(3):
+        diff = np.abs(video[j + 1] - video[0]).max(axis=(1, 2, 3))
+        first = 0 if j == 0 else 2 * j - 1  # latent j decodes frames 2j-1 .. 2j
+        assert diff[:first].max(initial=0.0) <= 1e-6, (j, diff)
+        assert diff[first : 2 * j + 1].min() > 1e-4, (j, diff)
 
 
 def test_tokenize_detokenize_match_quantize_decode(tiny, clip_batch):

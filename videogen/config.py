@@ -240,6 +240,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
             entropy_temperature=0.01,  # not in the thesis
             entropy_groups=1,  # exact codebook entropy over all 2^18 codes
             temporal_kernel_size=3,  # 1 builds the image (T=1) model that is later inflated
+            adaptive_norm_out=False,  # not in the thesis: the decoder's last norm also adaptive
             remat=False,
         )
     )

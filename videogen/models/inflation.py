@@ -16,6 +16,13 @@ into one temporal slice of a zero kernel and copies every other parameter:
   then goes through exactly the image model, so the inflated tokenizer encodes,
   tokenizes and decodes a clip's first frame as the image model does that frame alone.
 
+The image model never trains every up-sampler kernel: a causal depth-to-space
+up-sampler with temporal factor ``st`` maps ``1 + t`` frames to ``1 + st*t`` and drops
+the first ``st - 1`` sub-frames of its first frame, so on one frame only the last
+sub-frame's output channels are used. `fill_untrained_subframes` copies them to the
+other sub-frames after inflation; without it, 6 of a 9-frame clip's 8 later frames
+would decode through kernels still at their random initialisation.
+
 Parameters are pure nested dicts, e.g. ``nnx.to_pure_dict(nnx.state(model, nnx.Param))``;
 apply the result with ``nnx.replace_by_pure_dict(state, params); nnx.update(model, state)``.
 """
@@ -27,6 +34,9 @@ from typing import Any, Literal
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from videogen.models.layers import DepthToSpaceUpsample
 
 INFLATION_MODES = ("last", "central")
 
@@ -98,3 +108,33 @@ def inflate_params(
             "MAGVIT-v2 tokenizer or 'central' for the non-causal MAGVIT 3D-VQ."
         )
     return _inflate_tree((), image_params, video_params_template, mode)
+
+
+def fill_untrained_subframes(params: dict[Any, Any], model: nnx.Module) -> dict[Any, Any]:
+    """``params`` (pure dict of ``model``'s) with every causal depth-to-space up-sampler's
+    last temporal sub-frame copied to its other sub-frames.
+
+    Its conv's output channels are laid out ``[st, s, s, c]`` (`DepthToSpaceUpsample`);
+    an image model trains only sub-frame ``st - 1``. After the copy each latent frame
+    decodes to ``st`` equal frames (a temporal nearest neighbour), so an inflated
+    tokenizer reproduces its image model on every frame of a static clip.
+    """
+    out = dict(params)
+    for path, module in nnx.iter_graph(model):
+        if not (isinstance(module, DepthToSpaceUpsample) and module.causal):
+            continue
+        st = module.temporal_factor
+        if st == 1:
+            continue
+        node = out
+        for key in path[:-1]:  # copy the dicts on the way so `params` is left unchanged
+            node[key] = dict(node[key])
+            node = node[key]
+        conv = node[path[-1]] = dict(node[path[-1]])
+        conv["conv"] = dict(conv["conv"])
+        block = module.spatial_factor**2 * module.out_channels
+        for name in ("kernel", "bias"):
+            if name in conv["conv"]:
+                last = jnp.asarray(conv["conv"][name])[..., (st - 1) * block :]
+                conv["conv"][name] = jnp.concatenate([last] * st, axis=-1)
+    return out

@@ -152,6 +152,9 @@ class Decoder(nnx.Module):
     the quantized latents (MAGVIT-v2)], residual blocks, up-sampling (not after
     the last level) -> GroupNorm -> Swish -> conv. ``upsample`` is
     ``"depth_to_space"`` (MAGVIT-v2) or ``"nearest_conv"`` (MAGVIT 3D-VQ).
+    ``adaptive_norm_out`` makes that last GroupNorm adaptive too (not in the thesis):
+    its per-frame statistics leave a flat region's level to the rest of the frame,
+    and the latents' own shift and scale give it back per location.
     """
 
     def __init__(
@@ -169,6 +172,7 @@ class Decoder(nnx.Module):
         temporal_kernel_size: int,
         upsample: str,
         adaptive_norm: bool,
+        adaptive_norm_out: bool,
         dtype: jnp.dtype,
         param_dtype: jnp.dtype,
         remat: bool,
@@ -212,9 +216,13 @@ class Decoder(nnx.Module):
                         **conv,
                     )
                 )
-        self.norm_out = GroupNorm(
-            channels, num_groups=num_groups, per_frame=causal, param_dtype=param_dtype
-        )
+        if adaptive_norm_out:
+            self.norm_out = AdaptiveGroupNorm(channels, latent_channels, **norm, rngs=rngs)
+        else:
+            self.norm_out = GroupNorm(
+                channels, num_groups=num_groups, per_frame=causal, param_dtype=param_dtype
+            )
+        self.adaptive_norm_out = adaptive_norm_out
         self.conv_out = CausalConv3d(channels, out_channels, kernel, **conv)
 
     def __call__(self, z_q: Float[Array, "b t h w k"]) -> Float[Array, "b T H W c"]:
@@ -226,7 +234,8 @@ class Decoder(nnx.Module):
             x = apply_blocks(blocks, x, remat=self.remat)
             if i < len(self.upsamples):
                 x = self.upsamples[i](x)
-        x = self.conv_out(jax.nn.silu(self.norm_out(x)))
+        x = self.norm_out(x, z_q) if self.adaptive_norm_out else self.norm_out(x)
+        x = self.conv_out(jax.nn.silu(x))
         return x.astype(jnp.float32)
 
 
@@ -253,6 +262,7 @@ class _Tokenizer(nnx.Module):
         downsample: str,
         upsample: str,
         adaptive_norm: bool,
+        adaptive_norm_out: bool,
         dtype: jnp.dtype,
         param_dtype: jnp.dtype,
         remat: bool,
@@ -298,7 +308,11 @@ class _Tokenizer(nnx.Module):
         self.encoder = Encoder(in_channels=in_channels, downsample=downsample, **arch)
         self.quantizer = quantizer()
         self.decoder = Decoder(
-            out_channels=in_channels, upsample=upsample, adaptive_norm=adaptive_norm, **arch
+            out_channels=in_channels,
+            upsample=upsample,
+            adaptive_norm=adaptive_norm,
+            adaptive_norm_out=adaptive_norm_out,
+            **arch,
         )
 
     @property
@@ -370,6 +384,8 @@ class CausalVideoTokenizer(_Tokenizer):
     The defaults are the thesis' K600 setup: 17x128x128 -> 5x16x16 tokens, vocabulary 2^18.
     ``temporal_kernel_size=1`` (same other arguments) is the image model whose
     parameters ``inflate_params(..., mode="last")`` turns into this video model's.
+    ``adaptive_norm_out=True`` also conditions the decoder's last norm on the latents
+    (`Decoder`; not in the thesis).
     """
 
     def __init__(
@@ -384,6 +400,7 @@ class CausalVideoTokenizer(_Tokenizer):
         entropy_temperature: float = 0.01,
         entropy_groups: int = 1,
         temporal_kernel_size: int = 3,
+        adaptive_norm_out: bool = False,
         in_channels: int = 3,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
@@ -408,6 +425,7 @@ class CausalVideoTokenizer(_Tokenizer):
             downsample="conv",
             upsample="depth_to_space",
             adaptive_norm=True,
+            adaptive_norm_out=adaptive_norm_out,
             dtype=dtype,
             param_dtype=param_dtype,
             remat=remat,
@@ -527,6 +545,7 @@ class VQVideoTokenizer(_Tokenizer):
             downsample="avg_pool",
             upsample="nearest_conv",
             adaptive_norm=False,
+            adaptive_norm_out=False,
             dtype=dtype,
             param_dtype=param_dtype,
             remat=remat,

@@ -554,6 +554,7 @@ def inflate_from_image_run(
         nnx.to_pure_dict(nnx.state(train_state.model, nnx.Param)),
         mode,
     )
+    inflated = inflation.fill_untrained_subframes(inflated, train_state.model)
     for model in (train_state.model, train_state.ema_model):
         params = nnx.state(model, nnx.Param)
         # Own buffers per model: the donated train state must not hold one array twice.
