@@ -184,10 +184,11 @@ def test_last_inflated_causal_tokenizer_treats_the_first_frame_as_the_image():
 def test_last_inflated_causal_tokenizer_reproduces_the_image_model_on_a_static_clip():
     # Two temporal up-samplings: output frames 1-4 come from latent 1, each from one of
     # the 4 sub-frames, of which the image model trained only the last.
+    two_levels = dict(CAUSAL, channel_multipliers=(1, 1, 2), temporal_downsample=(True, True))
     pair = _inflated_pair(
         CausalVideoTokenizer,
-        dict(CAUSAL, channel_multipliers=(1, 1, 2), temporal_downsample=(True, True), temporal_kernel_size=1),
-        dict(CAUSAL, channel_multipliers=(1, 1, 2), temporal_downsample=(True, True), temporal_kernel_size=3),
+        dict(two_levels, temporal_kernel_size=1),
+        dict(two_levels, temporal_kernel_size=3),
         "last",
     )
     frame = _video(3, frames=1)
