@@ -162,13 +162,18 @@ def _inflated_pair(cls, image_kwargs, video_kwargs, mode):
     )
 
 
-def test_last_inflated_causal_tokenizer_treats_the_first_frame_as_the_image():
-    pair = _inflated_pair(
+def _causal_pair(arch: dict):
+    """`_inflated_pair` of the causal tokenizer with architecture ``arch``, "last" inflation."""
+    return _inflated_pair(
         CausalVideoTokenizer,
-        dict(CAUSAL, temporal_kernel_size=1),
-        dict(CAUSAL, temporal_kernel_size=3),
+        dict(arch, temporal_kernel_size=1),
+        dict(arch, temporal_kernel_size=3),
         "last",
     )
+
+
+def test_last_inflated_causal_tokenizer_treats_the_first_frame_as_the_image():
+    pair = _causal_pair(CAUSAL)
     clip = _video(0, frames=5)
     video, image = pair.video(clip), pair.image(clip[:, :1])
     assert video["z"].shape == (1, 3, 4, 4, 4) and image["z"].shape == (1, 1, 4, 4, 4)
@@ -184,12 +189,8 @@ def test_last_inflated_causal_tokenizer_treats_the_first_frame_as_the_image():
 def test_last_inflated_causal_tokenizer_reproduces_the_image_model_on_a_static_clip():
     # Two temporal up-samplings: output frames 1-4 come from latent 1, each from one of
     # the 4 sub-frames, of which the image model trained only the last.
-    two_levels = dict(CAUSAL, channel_multipliers=(1, 1, 2), temporal_downsample=(True, True))
-    pair = _inflated_pair(
-        CausalVideoTokenizer,
-        dict(two_levels, temporal_kernel_size=1),
-        dict(two_levels, temporal_kernel_size=3),
-        "last",
+    pair = _causal_pair(
+        dict(CAUSAL, channel_multipliers=(1, 1, 2), temporal_downsample=(True, True))
     )
     frame = _video(3, frames=1)
     static = jnp.repeat(frame, 9, axis=1)
