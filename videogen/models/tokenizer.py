@@ -222,7 +222,6 @@ class Decoder(nnx.Module):
             self.norm_out = GroupNorm(
                 channels, num_groups=num_groups, per_frame=causal, param_dtype=param_dtype
             )
-        self.adaptive_norm_out = adaptive_norm_out
         self.conv_out = CausalConv3d(channels, out_channels, kernel, **conv)
 
     def __call__(self, z_q: Float[Array, "b t h w k"]) -> Float[Array, "b T H W c"]:
@@ -234,7 +233,10 @@ class Decoder(nnx.Module):
             x = apply_blocks(blocks, x, remat=self.remat)
             if i < len(self.upsamples):
                 x = self.upsamples[i](x)
-        x = self.norm_out(x, z_q) if self.adaptive_norm_out else self.norm_out(x)
+        if isinstance(self.norm_out, AdaptiveGroupNorm):
+            x = self.norm_out(x, z_q)
+        else:
+            x = self.norm_out(x)
         x = self.conv_out(jax.nn.silu(x))
         return x.astype(jnp.float32)
 
