@@ -114,8 +114,7 @@ def fill_untrained_subframes(params: dict[Any, Any], model: nnx.Module) -> dict[
     """``params`` (pure dict of ``model``'s) with every causal depth-to-space up-sampler's
     last temporal sub-frame copied to its other sub-frames.
 
-    Its conv's output channels are laid out ``[st, s, s, c]`` (`DepthToSpaceUpsample`);
-    an image model trains only sub-frame ``st - 1``. After the copy each latent frame
+    An image model trains only sub-frame ``st - 1`` (`DepthToSpaceUpsample.subframe_channels`). After the copy each latent frame
     decodes to ``st`` equal frames (a temporal nearest neighbour), so an inflated
     tokenizer reproduces its image model on every frame of a static clip.
     """
@@ -132,9 +131,9 @@ def fill_untrained_subframes(params: dict[Any, Any], model: nnx.Module) -> dict[
             node = node[key]
         conv = node[path[-1]] = dict(node[path[-1]])
         conv["conv"] = dict(conv["conv"])
-        block = module.spatial_factor**2 * module.out_channels
+        trained = module.subframe_channels(st - 1)
         for name in ("kernel", "bias"):
             if name in conv["conv"]:
-                last = jnp.asarray(conv["conv"][name])[..., (st - 1) * block :]
+                last = jnp.asarray(conv["conv"][name])[..., trained]
                 conv["conv"][name] = jnp.concatenate([last] * st, axis=-1)
     return out

@@ -587,6 +587,12 @@ class DepthToSpaceUpsample(nnx.Module):
             rngs=rngs,
         )
 
+    def subframe_channels(self, index: int) -> slice:
+        """The conv's output channels that become temporal sub-frame ``index`` of every
+        input frame: they are laid out ``[st, s, s, c]``, sub-frame first."""
+        block = self.spatial_factor**2 * self.out_channels
+        return slice(index * block, (index + 1) * block)
+
     def __call__(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t2 h2 w2 co"]:
         """``[b, t, h, w, ci] -> [b, 1 + st*(t-1) (causal) or st*t, s*h, s*w, co]``; a
         continuing stream's chunk has no first frame, so it gets ``st*t`` frames."""
