@@ -13,7 +13,7 @@ from PIL import Image
 import pytest
 
 from videogen import config as config_lib
-from videogen.data import moving_digits, pipeline, real_clips, sources, transforms
+from videogen.data import colour_shapes, moving_digits, pipeline, real_clips, sources, transforms
 from videogen.data.mixture import MixtureSource
 from videogen.data.video_decode import (
     VideoDecodeError,
@@ -307,6 +307,43 @@ def test_moving_digits_audio_pitch_names_digit_and_clicks_at_bounces(digits_trai
 # ---------------------------------------------------------------- video folder
 
 
+def test_colour_shapes_deterministic_moving_and_spanning_the_colour_cube():
+    train = pipeline.make_source("colour_shapes", "train", num_frames=5, resolution=16, seed=3)
+    again = colour_shapes.ColourShapes("train", num_frames=5, resolution=16, seed=3)
+    other_split = colour_shapes.ColourShapes("eval", num_frames=5, resolution=16, seed=3)
+    other_seed = colour_shapes.ColourShapes("train", num_frames=5, resolution=16, seed=4)
+    clips = np.stack([train[i]["video"] for i in range(64)])
+    assert clips.shape == (64, 5, 16, 16, 3) and clips.dtype == np.uint8
+    assert all((again[i]["video"] == clips[i]).all() for i in range(4))
+    assert not (other_split[0]["video"] == clips[0]).all()
+    assert not (other_seed[0]["video"] == clips[0]).all()
+    example = train[0]
+    assert set(example) == set(train.keys) and example["label"] == -1
+    assert "colour gradient" in example["caption"]
+    # Shapes or background move in most clips: frames differ.
+    moving = [np.abs(c[-1].astype(int) - c[0]).max() > 0 for c in clips]
+    assert np.mean(moving) > 0.8
+    # Colours everywhere in the cube: each channel's clip means reach both ends, and the
+    # channels are not tied together (not grey).
+    means = clips.reshape(64, -1, 3).mean(1)
+    assert (means.min(0) < 70).all() and (means.max(0) > 185).all()
+    assert np.abs(np.corrcoef(means.T)[np.triu_indices(3, 1)]).max() < 0.6
+    with pytest.raises(IndexError, match="out of range"):
+        train[len(train)]
+    with pytest.raises(ValueError, match="split must be one of"):
+        colour_shapes.ColourShapes("validation")
+
+
+def test_colour_shapes_stride_moves_further_per_frame():
+    kw = dict(num_frames=3, resolution=16, seed=0)
+    one = colour_shapes.ColourShapes("train", frame_stride=1, **kw)
+    two = colour_shapes.ColourShapes("train", frame_stride=2, **kw)
+    five = colour_shapes.ColourShapes("train", num_frames=5, resolution=16, seed=0)
+    for i in range(4):
+        assert (two[i]["video"] == five[i]["video"][::2]).all()
+        assert (one[i]["video"] == five[i]["video"][:3]).all()
+
+
 def test_video_folder_skips_corrupt_file_labels_by_directory(tmp_path, caplog):
     (tmp_path / "cat").mkdir()
     (tmp_path / "dog").mkdir()
@@ -526,7 +563,7 @@ def test_tfds_source_with_mock_data():
 def test_make_source_rejects_unknown_names_and_splits():
     with pytest.raises(
         ValueError,
-        match="'kinetics'.*moving_digits, real_clips, real_clips_same_sources, video_folder, "
+        match="'kinetics'.*moving_digits, colour_shapes, real_clips, real_clips_same_sources, video_folder, "
         "tfds:<name>",
     ):
         pipeline.make_source("kinetics", "train", num_frames=4, resolution=16)

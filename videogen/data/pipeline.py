@@ -17,12 +17,14 @@ from absl import flags
 import grain
 
 from videogen.data import moving_digits
+from videogen.data.colour_shapes import ColourShapes
 from videogen.data.real_clips import RealClips
 from videogen.data.tfds_source import TfdsSource
 from videogen.data.video_folder import SHORT_FILES, VideoFolder
 
 KNOWN_NAMES = (
     "moving_digits",
+    "colour_shapes",
     "real_clips",
     "real_clips_same_sources",
     "video_folder",
@@ -100,6 +102,8 @@ def make_source(
     )
     if name == "moving_digits":
         return moving_digits.MovingDigits(split, frame_stride=frame_stride, **common)
+    if name == "colour_shapes":
+        return ColourShapes(split, frame_stride=frame_stride, **common)
     if name == "real_clips":
         return RealClips(split, frame_stride=frame_stride, **common)
     if name == "real_clips_same_sources":

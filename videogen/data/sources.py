@@ -1,6 +1,6 @@
 """Sources from a config's dataset specs: the one grammar for naming data in configs.
 
-A dataset spec is a source name (`moving_digits`, `real_clips`,
+A dataset spec is a source name (`moving_digits`, `colour_shapes`, `real_clips`,
 `real_clips_same_sources` (eval only), `video_folder`, `tfds:<name>`) or several
 joined by "+", mixed in equal shares (`moving_digits+real_clips`) or in the integer
 shares written after "*" (`moving_digits+real_clips*3`: three real clips to every
@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from videogen.data import moving_digits, pipeline, real_clips, transforms
+from videogen.data import colour_shapes, moving_digits, pipeline, real_clips, transforms
 from videogen.data.mixture import MixtureSource
 from videogen.data.video_folder import VideoFolder
 
@@ -80,6 +80,7 @@ def content_version(spec: str) -> int:
     """
     versions = {
         "moving_digits": moving_digits.VERSION,
+        "colour_shapes": colour_shapes.VERSION,
         "real_clips": real_clips.VERSION,
         "real_clips_same_sources": real_clips.VERSION,
     }
