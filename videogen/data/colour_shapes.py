@@ -31,7 +31,7 @@ MAX_SHAPES = 3
 # Shape half-sizes and speeds as fractions of the canvas side (speed per frame).
 HALF_SIZE = (0.1, 0.3)
 SPEED = (0.0, 0.05)
-# Largest colour step of a "nearly flat" background, in [0, 1] units per canvas side.
+# Largest difference per channel between the two ends of a "nearly flat" background ([0, 1]).
 FLAT_STEP = 0.1
 
 
