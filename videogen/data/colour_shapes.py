@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from videogen.data import transforms
+
 SPLITS = ("train", "eval")
 # Bump when what example (seed, split, i) shows changes (cache keys of statistics).
 VERSION = 1
@@ -74,8 +76,7 @@ class ColourShapes:
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-        if frame_stride < 1:
-            raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+        transforms.check_frame_stride(frame_stride)
         self.split = split
         self.num_frames = num_frames
         self.resolution = resolution

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from videogen.data import transforms
+
 SPLITS = ("train", "eval")
 # Bump when what example (seed, split, i) shows changes, so statistics cached from
 # older clips (e.g. FVD's real features) are recomputed. 2: digits 3/4 of the
@@ -228,8 +230,7 @@ class MovingDigits:
             raise ValueError(
                 f"digit_size must be in (0, resolution={resolution}), got {self.digit_size}"
             )
-        if frame_stride < 1:
-            raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+        transforms.check_frame_stride(frame_stride)
         self.frame_stride = frame_stride
         self.fps = fps
         self.sample_rate = sample_rate

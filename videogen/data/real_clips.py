@@ -226,8 +226,7 @@ class RealClips:
         seed: int = 0,
     ):
         self.sources = split_sources(split)
-        if frame_stride < 1:
-            raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+        transforms.check_frame_stride(frame_stride)
         self.split = split
         self.num_frames = num_frames
         self.resolution = resolution

@@ -77,6 +77,12 @@ def random_crop(
     return video[:, top : top + h, left : left + w]
 
 
+def check_frame_stride(frame_stride: int) -> None:
+    """Raises unless `frame_stride` (every k-th frame of a source) is at least 1."""
+    if frame_stride < 1:
+        raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+
+
 def clip_span(num_frames: int, frame_stride: int) -> int:
     """Number of source frames a clip of `num_frames` at `frame_stride` covers."""
     return (num_frames - 1) * frame_stride + 1
