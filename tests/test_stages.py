@@ -1,4 +1,5 @@
-"""The stages trainer: stages in order, "@stage" references, finished stages skipped."""
+"""The stages trainer: stages in order, "@stage" references, finished stages skipped, a stopped
+stage ends the run."""
 
 import os
 
@@ -30,7 +31,12 @@ def test_quickstart_stages_run_in_order_and_finished_stages_are_skipped(tmp_path
     config = tiny_quickstart()
     assert config.stages.tokenizer.init.image_workdir == "@image_tokenizer"
     assert config.stages.generator.tokenizer_workdir == "@tokenizer"
-    results = videogen_main.run(config, str(tmp_path))
+    # A stage stopped early (as on SIGTERM) ends the run: no later stage reads it unfinished.
+    stopped = stages.train_and_evaluate(config, str(tmp_path), stop_at_step=1)
+    assert list(stopped) == ["image_tokenizer"]
+    assert "stage image_tokenizer stopped at step 1 of 2" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "tokenizer")
+    results = videogen_main.run(config, str(tmp_path))  # resumes the image stage at step 1
     assert list(results) == ["image_tokenizer", "tokenizer", "generator"]
     assert 0 < results["tokenizer"]["eval/moving_digits/psnr"] < 100
     assert 0 <= results["generator"]["eval/CG/class_accuracy"] <= 1

@@ -79,8 +79,16 @@ def _stages(config: ml_collections.ConfigDict, workdir: str):
         done.append(name)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-    """Runs every stage in order; returns each stage's final evaluation metrics."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None
+) -> dict[str, dict]:
+    """Runs every stage in order; returns each stage's final evaluation metrics.
+
+    A stage that ends before its last step (SIGTERM, or `stop_at_step`, which each stage
+    receives as a preemption would) ends the run there: a later stage would read an
+    unfinished one (a generator tokenizing with a half-trained tokenizer). The returned
+    mapping then stops at that stage; the same command resumes it.
+    """
     results = {}
     for name, stage, stage_dir in _stages(config, workdir):
         finished = _finished_metrics(stage, stage_dir)
@@ -90,8 +98,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             results[name] = finished
             continue
         print(f"videogen: stage {name} ({stage.trainer} trainer) in {stage_dir}")
-        result = _trainer(stage).train_and_evaluate(stage, stage_dir)
+        result = _trainer(stage).train_and_evaluate(stage, stage_dir, stop_at_step=stop_at_step)
         results[name] = result.eval_metrics
+        if result.step < stage.num_train_steps:
+            print(
+                f"videogen: stage {name} stopped at step {result.step} of "
+                f"{stage.num_train_steps}; the later stages did not run. Run the same command "
+                "again to resume."
+            )
+            break
     return results
 
 
