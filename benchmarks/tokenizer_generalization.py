@@ -72,8 +72,10 @@ SOLID_COLOURS = {
     "sand": (200, 170, 90),
 }
 
-# Photos of scikit-image's data directory (CC0 / public domain; see its README.txt) that no
-# real_clips split shows: a colour photograph of a motorcycle in a garage and the grey moon.
+# Photos of scikit-image's data directory (read in place, as real_clips reads its photos) that
+# no real_clips split shows: a colour photograph of a motorcycle in a garage (the Middlebury
+# 2014 stereo benchmark's, down-sampled; skimage.data.stereo_motorcycle) and the grey surface of
+# the moon (skimage.data.moon).
 FRESH_PHOTOS = {"motorcycle": "data/motorcycle_left.png", "moon": "data/moon.png"}
 
 
