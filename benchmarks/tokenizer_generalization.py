@@ -101,18 +101,6 @@ def fresh_clips(num_frames: int, resolution: int, stride: int, per_source: int, 
     return clips
 
 
-def measure_fresh(compute, clips: dict, batch_size: int) -> dict:
-    """measure_split's table for the clips of fresh_clips."""
-    per_source = collections.defaultdict(lambda: collections.defaultdict(list))
-    for name, videos in clips.items():
-        for start in range(0, len(videos), batch_size):
-            chunk = videos[start : start + batch_size]
-            out = compute_padded(compute, chunk, batch_size)
-            for key in (*METRICS, "cast"):
-                per_source[name][key].extend(list(out[key][: len(chunk)]))
-    return summarise(per_source)
-
-
 def parse_size(size: str, run_config) -> tuple[int, int]:
     """(num_frames, resolution) of a --sizes entry."""
     if size == "trained":
@@ -159,21 +147,25 @@ def compute_padded(compute, videos: np.ndarray, batch_size: int) -> dict:
     return jax.device_get(compute(padded))
 
 
-def measure_split(compute, source: real_clips.RealClips, batch_size: int) -> dict:
-    """{source key: {metric: mean, "clips": n}} and "all" (sources weighted equally)."""
+def measure_clips(compute, clips, batch_size: int) -> dict:
+    """{source: {metric: mean, "clips": n, "cast"}} and "all" (sources weighted equally) of
+    `clips`, an iterable of (source name, uint8 [T, H, W, 3]), reconstructed batch by batch."""
     per_source = collections.defaultdict(lambda: collections.defaultdict(list))
-    indices = list(range(len(source)))
-    for start in range(0, len(indices), batch_size):
-        examples = [source[i] for i in indices[start : start + batch_size]]
-        out = compute_padded(compute, np.stack([e["video"] for e in examples]), batch_size)
-        for j, example in enumerate(examples):
+    batch: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> None:
+        out = compute_padded(compute, np.stack([video for _, video in batch]), batch_size)
+        for j, (name, _) in enumerate(batch):
             for key in (*METRICS, "cast"):
-                per_source[example["source"]][key].append(out[key][j])
-    return summarise(per_source)
+                per_source[name][key].append(out[key][j])
+        batch.clear()
 
-
-def summarise(per_source: dict) -> dict:
-    """The table of measure_split from {source: {metric: [per-clip values]}}."""
+    for item in clips:
+        batch.append(item)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
     table = {
         key: {
             "clips": len(values["psnr"]),
@@ -260,9 +252,16 @@ def main() -> None:
                 num_examples=args.per_source * len(real_clips.split_sources(split)),
                 seed=args.clip_seed,
             )
-            results[name][split] = measure_split(compute, source, args.batch_size)
-        clips = fresh_clips(num_frames, resolution, stride, args.per_source, args.clip_seed)
-        results[name]["fresh"] = measure_fresh(compute, clips, args.batch_size)
+            examples = (source[i] for i in range(len(source)))
+            results[name][split] = measure_clips(
+                compute, ((e["source"], e["video"]) for e in examples), args.batch_size
+            )
+        fresh = fresh_clips(num_frames, resolution, stride, args.per_source, args.clip_seed)
+        results[name]["fresh"] = measure_clips(
+            compute,
+            ((photo, video) for photo, videos in fresh.items() for video in videos),
+            args.batch_size,
+        )
         for split in (*SPLITS, "fresh"):
             for key, row in results[name][split].items():
                 gain = row["psnr"] - row["baseline_psnr"]
